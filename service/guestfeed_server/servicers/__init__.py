@@ -1,0 +1,1 @@
+"""Thin gRPC servicers: validate, authenticate/authorize, call the domain, map."""

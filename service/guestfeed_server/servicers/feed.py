@@ -1,0 +1,61 @@
+"""GuestFeedService: a guest's feed, one page or a stream of pages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from guestfeed.v1 import feed_pb2, feed_pb2_grpc
+
+from ..auth import Authenticator
+from ..feed import FeedReader
+from . import convert
+
+
+class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
+    """Each RPC: authenticate, validate, read, map. Errors map in grpc_errors."""
+
+    def __init__(self, auth: Authenticator, reader: FeedReader) -> None:
+        self._auth = auth
+        self._reader = reader
+
+    async def ListMessages(  # noqa: N802 (gRPC method name)
+        self, request: feed_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> feed_pb2.ListMessagesResponse:
+        """One page of the caller's feed."""
+        who = convert.principal(self._auth, context)
+        query = convert.feed_query(
+            event_id=request.event_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            read_model=request.read_model,
+        )
+        page, token = await self._reader.page(who, query, time_remaining=context.time_remaining)
+        return feed_pb2.ListMessagesResponse(
+            messages=[convert.message_pb(m) for m in page.messages],
+            next_page_token=token,
+            read_model=convert.read_model_pb(page.read_model),
+        )
+
+    async def StreamMessages(  # noqa: N802 (gRPC method name)
+        self, request: feed_pb2.StreamMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[feed_pb2.StreamMessagesResponse]:
+        """Successive pages until history or `max_messages` runs out."""
+        who = convert.principal(self._auth, context)
+        query = convert.feed_query(
+            event_id=request.event_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            read_model=request.read_model,
+            max_messages=request.max_messages,
+        )
+        async for page, token in self._reader.stream(
+            who, query, time_remaining=context.time_remaining
+        ):
+            yield feed_pb2.StreamMessagesResponse(
+                messages=[convert.message_pb(m) for m in page.messages],
+                next_page_token=token,
+                read_model=convert.read_model_pb(page.read_model),
+            )
