@@ -58,19 +58,24 @@ def _tree(root: Path) -> set[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if generated/ is stale")
+    parser.add_argument(
+        "--generated", type=Path, default=GENERATED, metavar="DIR",
+        help="the generated tree to write or check (default: generated/; tests point it at a copy)",
+    )
     ns = parser.parse_args()
+    target: Path = ns.generated
     if not ns.check:
-        for child in GENERATED.glob("*"):
+        for child in target.glob("*"):
             if child.is_dir():
                 shutil.rmtree(child)
-        generate(GENERATED)
+        generate(target)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
         generate(fresh)
-        want, have = _tree(fresh), _tree(GENERATED)
+        want, have = _tree(fresh), _tree(target)
         stale = sorted(want ^ have) + sorted(
-            f for f in want & have if not filecmp.cmp(fresh / f, GENERATED / f, shallow=False)
+            f for f in want & have if not filecmp.cmp(fresh / f, target / f, shallow=False)
         )
         if stale:
             print("Protos changed: run `make generate` and commit. Stale:", *stale, sep="\n  ")

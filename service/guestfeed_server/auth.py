@@ -83,7 +83,9 @@ class Authenticator:
                 options={"require": ["exp", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the bearer token has expired; sign in again", "TOKEN_EXPIRED") from None
+            raise Unauthenticated(
+                "the bearer token has expired; sign in again", "TOKEN_EXPIRED"
+            ) from None
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthenticated(
                 f"the bearer token lacks the required '{exc.claim}' claim", "TOKEN_INVALID"
@@ -126,7 +128,9 @@ def _principal(claims: dict[str, Any]) -> Principal:
     try:
         user_id = uuid.UUID(str(sub))
     except ValueError:
-        raise Unauthenticated("the bearer token's 'sub' must be a user UUID", "TOKEN_INVALID") from None
+        raise Unauthenticated(
+            "the bearer token's 'sub' must be a user UUID", "TOKEN_INVALID"
+        ) from None
     try:
         role = Role(claims.get("role", Role.AUTHENTICATED.value))
     except ValueError:
@@ -138,7 +142,9 @@ def _principal(claims: dict[str, Any]) -> Principal:
     return Principal(user_id=user_id, role=role)
 
 
-def mint(secret: str, user_id: uuid.UUID, *, role: Role = Role.AUTHENTICATED, ttl_s: int = 3600) -> str:
+def mint(
+    secret: str, user_id: uuid.UUID, *, role: Role = Role.AUTHENTICATED, ttl_s: int = 3600
+) -> str:
     """Signs a development token like Supabase's (`guestfeed token`, tests, demo)."""
     import time
 

@@ -40,8 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guestfeed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--demo", action="store_true",
-                       help="migrate, seed a demo event if the database is empty, print a grpcurl command")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="migrate, seed a demo event if the database is empty, print a grpcurl command",
+    )
     serve.set_defaults(func=_serve)
     mig = sub.add_parser("migrate", help="create or update what the service needs in the database")
     mig.set_defaults(func=_migrate)
@@ -83,7 +86,9 @@ def _serve(settings: Settings, ns: argparse.Namespace) -> int:
     return asyncio.run(_serve_async(settings, database, secret, demo=ns.demo))
 
 
-async def _serve_async(settings: Settings, database: db.Database, secret: str, *, demo: bool) -> int:
+async def _serve_async(
+    settings: Settings, database: db.Database, secret: str, *, demo: bool
+) -> int:
     from . import server
     from .demo import seed_demo
 
@@ -96,8 +101,11 @@ async def _serve_async(settings: Settings, database: db.Database, secret: str, *
                 await migrate(conn)
             missing = await missing_versions(conn)
             if missing:
-                print(f"guestfeed: the database lacks migrations {', '.join(missing)}; "
-                      "run `guestfeed migrate` first", file=sys.stderr)
+                print(
+                    f"guestfeed: the database lacks migrations {', '.join(missing)}; "
+                    "run `guestfeed migrate` first",
+                    file=sys.stderr,
+                )
                 return 3
             info = await seed_demo(conn) if demo else None
         app = await server.start(settings, pool, secret)
@@ -106,8 +114,11 @@ async def _serve_async(settings: Settings, database: db.Database, secret: str, *
         raise
     host, _ = parse_listen(settings.listen)
     address = f"{host}:{app.port}"
-    log.info("guestfeed serving on %s (database: %s)", address,
-             "embedded" if settings.embedded else "GUESTFEED_DATABASE_URL")
+    log.info(
+        "guestfeed serving on %s (database: %s)",
+        address,
+        "embedded" if settings.embedded else "GUESTFEED_DATABASE_URL",
+    )
     if info is not None:
         token = mint(secret, info.guest_user_id, ttl_s=24 * 3600)
         print(_demo_banner(address, str(info.event_id), token, seeded=info.seeded), flush=True)

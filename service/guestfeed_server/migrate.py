@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from .pgtypes import Conn
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,28 @@ class IndexStep:
 # storage/v1.py and storage/v2.py.
 INDEXES = (
     IndexStep(
-        "0002", "gf_messages_event_created_id",
+        "0002",
+        "gf_messages_event_created_id",
         "ON public.messages (event_id, created_at DESC, id DESC)",
     ),
     IndexStep(
-        "0003", "gf_messages_event_type_created_id",
+        "0003",
+        "gf_messages_event_type_created_id",
         "ON public.messages (event_id, message_type, created_at DESC, id DESC)",
     ),
     IndexStep(
-        "0004", "gf_messages_sender_event_created_id",
+        "0004",
+        "gf_messages_sender_event_created_id",
         "ON public.messages (sender_user_id, event_id, created_at DESC, id DESC)",
     ),
     IndexStep(
-        "0005", "gf_deliveries_user_message",
+        "0005",
+        "gf_deliveries_user_message",
         "ON public.message_deliveries (user_id, message_id)",
     ),
     IndexStep(
-        "0006", "gf_deliveries_guest_message",
+        "0006",
+        "gf_deliveries_guest_message",
         "ON public.message_deliveries (guest_id, message_id)",
     ),
 )
@@ -86,7 +91,7 @@ def production_schema_sql() -> str:
     return resources.files("guestfeed_server").joinpath("sql/production_schema.sql").read_text()
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Conn) -> list[str]:
     """Applies what is missing; returns the versions applied by this run.
 
     Raises:
@@ -118,16 +123,18 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
-async def missing_versions(conn: asyncpg.Connection) -> list[str]:
+async def missing_versions(conn: Conn) -> list[str]:
     """What `serve` needs that migrate has not applied yet (read-only check)."""
     exists = await conn.fetchval("SELECT to_regclass('guestfeed.schema_migrations') IS NOT NULL")
     if not exists:
         return list(REQUIRED_VERSIONS)
-    have = {r["version"] for r in await conn.fetch("SELECT version FROM guestfeed.schema_migrations")}
+    have = {
+        r["version"] for r in await conn.fetch("SELECT version FROM guestfeed.schema_migrations")
+    }
     return [v for v in REQUIRED_VERSIONS if v not in have]
 
 
-async def _present_tables(conn: asyncpg.Connection) -> set[str]:
+async def _present_tables(conn: Conn) -> set[str]:
     rows = await conn.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY($1)",
         list(PRODUCTION_TABLES),
@@ -135,7 +142,7 @@ async def _present_tables(conn: asyncpg.Connection) -> set[str]:
     return {r["tablename"] for r in rows}
 
 
-async def _record(conn: asyncpg.Connection, version: str, description: str) -> bool:
+async def _record(conn: Conn, version: str, description: str) -> bool:
     status = await conn.execute(
         "INSERT INTO guestfeed.schema_migrations (version, description) VALUES ($1, $2) "
         "ON CONFLICT (version) DO NOTHING",
@@ -145,7 +152,7 @@ async def _record(conn: asyncpg.Connection, version: str, description: str) -> b
     return bool(status == "INSERT 0 1")
 
 
-async def _ensure_index(conn: asyncpg.Connection, step: IndexStep) -> bool:
+async def _ensure_index(conn: Conn, step: IndexStep) -> bool:
     # A failed CONCURRENTLY build leaves an INVALID index that IF NOT EXISTS
     # would skip forever; drop it and build again.
     valid = await conn.fetchval(

@@ -36,8 +36,11 @@ def coerce_page_size(requested: int, field: str = "page_size") -> int:
     """AIP-158: 0 means the default, above the maximum is clamped, negative is an error."""
     if requested < 0:
         raise InvalidArgument.of(
-            FieldViolation(field, f"must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {requested}",
-                           "PAGE_SIZE_NEGATIVE")
+            FieldViolation(
+                field,
+                f"must be >= 0 (0 means {DEFAULT_PAGE_SIZE}), got {requested}",
+                "PAGE_SIZE_NEGATIVE",
+            )
         )
     if requested == 0:
         return DEFAULT_PAGE_SIZE
@@ -120,7 +123,7 @@ class PageTokens:
                     "PAGE_TOKEN_MALFORMED",
                 )
             )
-        return fields  # type: ignore[no-any-return]
+        return fields
 
 
 def _viewer_digest(viewer_id: uuid.UUID) -> bytes:

@@ -16,7 +16,6 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
 from .auth import Authenticator, HS256Secret
@@ -97,7 +96,9 @@ async def start(
     await health.probe()
     health.start()
     await server.start()
-    return App(server=server, port=port, health=health, pool=pool, grace_s=settings.shutdown_grace_s)
+    return App(
+        server=server, port=port, health=health, pool=pool, grace_s=settings.shutdown_grace_s
+    )
 
 
 async def serve_forever(app: App) -> None:

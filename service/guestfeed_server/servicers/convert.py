@@ -7,7 +7,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from guestfeed.v1 import feed_pb2
 
 from ..auth import Authenticator, Principal
@@ -29,7 +28,8 @@ _MAX_TOKEN_CHARS = 512
 
 def principal(auth: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
     """Authenticates the RPC's caller from its metadata."""
-    return auth.authenticate(context.invocation_metadata())
+    metadata = context.invocation_metadata() or ()
+    return auth.authenticate([(k, v) for k, v in metadata])
 
 
 def uuid_field(value: str, field: str, violations: list[FieldViolation]) -> uuid.UUID | None:
@@ -41,8 +41,9 @@ def uuid_field(value: str, field: str, violations: list[FieldViolation]) -> uuid
         return uuid.UUID(value)
     except ValueError:
         violations.append(
-            FieldViolation(field, f"must be a UUID such as 9b2f…-…, got {value[:64]!r}",
-                           "INVALID_UUID")
+            FieldViolation(
+                field, f"must be a UUID such as 9b2f…-…, got {value[:64]!r}", "INVALID_UUID"
+            )
         )
         return None
 
@@ -51,11 +52,14 @@ def read_model_field(value: int, violations: list[FieldViolation]) -> ReadModel 
     """UNSPECIFIED -> None (the rollout decides); unknown numbers are rejected."""
     if value == feed_pb2.READ_MODEL_UNSPECIFIED:
         return None
-    model = _PB_TO_MODEL.get(value)  # type: ignore[call-overload]
+    model = next((m for pb, m in _PB_TO_MODEL.items() if pb == value), None)
     if model is None:
         violations.append(
-            FieldViolation("read_model", f"unknown value {value}; use READ_MODEL_V1, "
-                           "READ_MODEL_V2 or leave it unset", "UNKNOWN_ENUM_VALUE")
+            FieldViolation(
+                "read_model",
+                f"unknown value {value}; use READ_MODEL_V1, READ_MODEL_V2 or leave it unset",
+                "UNKNOWN_ENUM_VALUE",
+            )
         )
     return model
 
@@ -72,20 +76,28 @@ def feed_query(
     except InvalidArgument as exc:
         violations.extend(exc.violations)
     if len(page_token) > _MAX_TOKEN_CHARS:
-        violations.append(FieldViolation(
-            "page_token", "is longer than any token this service issues; pass "
-            "next_page_token unchanged", "PAGE_TOKEN_MALFORMED"))
+        violations.append(
+            FieldViolation(
+                "page_token",
+                "is longer than any token this service issues; pass next_page_token unchanged",
+                "PAGE_TOKEN_MALFORMED",
+            )
+        )
     model = read_model_field(read_model, violations)
     if max_messages < 0:
-        violations.append(FieldViolation(
-            "max_messages", f"must be >= 0 (0 means no limit), got {max_messages}",
-            "MAX_MESSAGES_NEGATIVE"))
+        violations.append(
+            FieldViolation(
+                "max_messages",
+                f"must be >= 0 (0 means no limit), got {max_messages}",
+                "MAX_MESSAGES_NEGATIVE",
+            )
+        )
     if violations or event is None:
         raise InvalidArgument.of(*violations)
     return FeedQuery(event, min(size, MAX_PAGE_SIZE), page_token, model, max_messages)
 
 
-def read_model_pb(model: ReadModel) -> feed_pb2.ReadModel.ValueType:
+def read_model_pb(model: ReadModel) -> feed_pb2.ReadModel:
     """The proto enum value of a read model."""
     return _MODEL_TO_PB[model]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
-
 from ..model import Viewer
+from ..pgtypes import Conn
 
 GUEST_ROWS_SQL = """
 SELECT id, guest_name, guest_tags
@@ -17,7 +16,7 @@ SELECT id, guest_name, guest_tags
 
 
 async def load_viewer(
-    conn: asyncpg.Connection, event_id: uuid.UUID, user_id: uuid.UUID, *, timeout: float
+    conn: Conn, event_id: uuid.UUID, user_id: uuid.UUID, *, timeout: float
 ) -> Viewer | None:
     """Returns the caller as a guest of the event, or None when they are not one.
 

@@ -9,6 +9,7 @@ from typing import Protocol
 import asyncpg
 
 from ..model import Cursor, FeedMessage, MessageType, ReadModel, Viewer
+from ..pgtypes import Conn
 
 # The first page starts below every real row. A fixed sentinel (rather than a
 # NULL cursor and `$3 IS NULL OR ...`) keeps one statement whose keyset
@@ -32,7 +33,7 @@ class FeedStore(Protocol):
 
     async def page(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         viewer: Viewer,
         cursor: Cursor | None,
         limit: int,

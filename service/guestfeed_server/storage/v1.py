@@ -6,11 +6,8 @@ their `user_id`, plus their own messages.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import asyncpg
-
 from ..model import Cursor, FeedMessage, ReadModel, Viewer
+from ..pgtypes import Conn
 from .base import START, to_message
 
 # Each branch walks an index newest-first and stops at its LIMIT, then the
@@ -60,7 +57,7 @@ SELECT m.id, m.content, m.created_at, m.message_type::text AS message_type,
 class V1DeliveriesStore:
     """The delivery-backed read model."""
 
-    read_model: ClassVar[ReadModel] = ReadModel.V1
+    read_model: ReadModel = ReadModel.V1
 
     @property
     def name(self) -> str:
@@ -69,7 +66,7 @@ class V1DeliveriesStore:
 
     async def page(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         viewer: Viewer,
         cursor: Cursor | None,
         limit: int,
@@ -79,7 +76,12 @@ class V1DeliveriesStore:
         """See `FeedStore.page`."""
         at = cursor or START
         rows = await conn.fetch(
-            PAGE_SQL, viewer.event_id, viewer.user_id, at.created_at, at.message_id, limit,
+            PAGE_SQL,
+            viewer.event_id,
+            viewer.user_id,
+            at.created_at,
+            at.message_id,
+            limit,
             timeout=timeout,
         )
         # Every non-own row came through a delivery; an own row may have one too.

@@ -12,11 +12,8 @@ A guest sees the union of
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import asyncpg
-
 from ..model import Cursor, FeedMessage, MessageType, ReadModel, Viewer
+from ..pgtypes import Conn
 from .base import START, to_message
 
 # Same shape as v1: every branch is an index walk newest-first with its own
@@ -88,7 +85,7 @@ SELECT m.id, m.content, m.created_at, m.message_type::text AS message_type,
 class V2MessagesStore:
     """The message-backed read model."""
 
-    read_model: ClassVar[ReadModel] = ReadModel.V2
+    read_model: ReadModel = ReadModel.V2
 
     @property
     def name(self) -> str:
@@ -97,7 +94,7 @@ class V2MessagesStore:
 
     async def page(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         viewer: Viewer,
         cursor: Cursor | None,
         limit: int,
