@@ -59,7 +59,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if generated/ is stale")
     parser.add_argument(
-        "--generated", type=Path, default=GENERATED, metavar="DIR",
+        "--generated",
+        type=Path,
+        default=GENERATED,
+        metavar="DIR",
         help="the generated tree to write or check (default: generated/; tests point it at a copy)",
     )
     ns = parser.parse_args()

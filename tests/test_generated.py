@@ -20,7 +20,11 @@ def _check(*extra: str) -> subprocess.CompletedProcess[str]:
     python = str(PYTHON) if PYTHON.exists() else sys.executable
     return subprocess.run(
         [python, str(SCRIPT), "--check", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -58,7 +62,7 @@ class TestGenProtosCheck:
     def test_stale_copy_fails_naming_the_file(
         self, tmp_path: Path, spoil: Callable[[Path], str]
     ) -> None:
-        """A copy with one file altered, missing or extra exits 1 with "Protos changed" and that file."""
+        """A copy with one file altered, missing or extra: exit 1, "Protos changed", the file."""
         copy = tmp_path / "generated"
         shutil.copytree(GENERATED, copy, ignore=shutil.ignore_patterns("__pycache__"))
         name = spoil(copy)

@@ -45,7 +45,21 @@ _UNAVAILABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
+    # Class 57 (admin/crash shutdown, database dropped, idle timeout): the
+    # server ended the session. QueryCanceledError, also class 57, is a
+    # timeout and is classified before this tuple is consulted.
+    asyncpg.exceptions.OperatorInterventionError,
 )
+
+
+def _refused_connection(exc: BaseException) -> bool:
+    # Bare SQLSTATE 55000 (not its subclasses such as lock_not_available) is
+    # what a (re)connect gets while the database has ALLOW_CONNECTIONS false;
+    # a read-only service's SELECTs never raise it otherwise.
+    return (
+        type(exc) is asyncpg.exceptions.ObjectNotInPrerequisiteStateError
+        and exc.sqlstate == "55000"
+    )
 
 
 def classify(exc: BaseException, time_remaining: float | None) -> errors.GuestFeedError | None:
@@ -58,7 +72,7 @@ def classify(exc: BaseException, time_remaining: float | None) -> errors.GuestFe
         return errors.Unavailable(
             "the database did not answer in time; retry with backoff", "DATABASE_TIMEOUT"
         )
-    if isinstance(exc, _UNAVAILABLE_DB_ERRORS):
+    if isinstance(exc, _UNAVAILABLE_DB_ERRORS) or _refused_connection(exc):
         return errors.Unavailable(
             "the database is unreachable; retry with backoff", "DATABASE_UNAVAILABLE"
         )
@@ -146,6 +160,9 @@ def _wrap_stream(behavior: Stream) -> Stream:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps unary-unary and unary-stream handlers with the error map."""
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -156,16 +173,22 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         handler: Any = await continuation(handler_call_details)
         if handler is None:
             return handler
+        # Wrapping once per method keeps the per-call cost to a dict lookup.
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = handler
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
+            wrapped = grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped

@@ -10,6 +10,7 @@ was applied. Running it again changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +30,7 @@ PRODUCTION_TABLES = (
 
 # Serialises concurrent migrators (two replicas starting at once).
 _LOCK_KEY = 0x6775_6573_7466_6564  # "guestfed"
+_LOCK_POLL_S = 0.1
 
 
 class MigrationError(RuntimeError):
@@ -98,7 +100,7 @@ async def migrate(conn: Conn) -> list[str]:
         MigrationError: only some production tables exist (not ours to fix).
     """
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    await _lock(conn)
     try:
         await conn.execute(OWN_SCHEMA_SQL)
         present = await _present_tables(conn)
@@ -132,6 +134,16 @@ async def missing_versions(conn: Conn) -> list[str]:
         r["version"] for r in await conn.fetch("SELECT version FROM guestfeed.schema_migrations")
     }
     return [v for v in REQUIRED_VERSIONS if v not in have]
+
+
+async def _lock(conn: Conn) -> None:
+    # Not pg_advisory_lock: a session blocked in it holds a snapshot, and the
+    # lock holder's CREATE INDEX CONCURRENTLY waits for every such snapshot,
+    # so two migrators deadlock. Polling keeps the waiter snapshot-free.
+    while True:
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+            return
+        await asyncio.sleep(_LOCK_POLL_S)
 
 
 async def _present_tables(conn: Conn) -> set[str]:

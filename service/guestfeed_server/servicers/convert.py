@@ -42,7 +42,9 @@ def uuid_field(value: str, field: str, violations: list[FieldViolation]) -> uuid
     except ValueError:
         violations.append(
             FieldViolation(
-                field, f"must be a UUID such as 9b2f…-…, got {value[:64]!r}", "INVALID_UUID"
+                field,
+                f"must be a UUID like 3f2c1a9e-8b7d-4c6e-9f10-2a3b4c5d6e7f, got {value[:64]!r}",
+                "INVALID_UUID",
             )
         )
         return None
