@@ -7,6 +7,7 @@ temporary folder. Either way each run gets a fresh database of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -18,7 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 import pytest
-
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server import server as server_mod
 from guestfeed_server.auth import Role, mint
@@ -33,6 +33,25 @@ SECRET = "test-secret-" + "x" * 40
 def _with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path="/" + name))
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_dsn: str, prefix: str) -> AsyncIterator[tuple[str, str]]:
+    """An empty database of the caller's own, as (name, dsn); dropped WITH (FORCE) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield name, _with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +111,12 @@ async def world(admin_pool: asyncpg.Pool) -> World:
 
 def test_settings(**overrides: str) -> Settings:
     """Settings for an in-process server under test."""
-    env = {"GUESTFEED_JWT_SECRET": SECRET, "GUESTFEED_DATABASE_URL": "postgresql://unused",
-           "GUESTFEED_HEALTH_INTERVAL_S": "0.2", "GUESTFEED_SHUTDOWN_GRACE_S": "0.5"}
+    env = {
+        "GUESTFEED_JWT_SECRET": SECRET,
+        "GUESTFEED_DATABASE_URL": "postgresql://unused",
+        "GUESTFEED_HEALTH_INTERVAL_S": "0.2",
+        "GUESTFEED_SHUTDOWN_GRACE_S": "0.5",
+    }
     env.update(overrides)
     return Settings.from_env(env)
 

@@ -17,7 +17,7 @@ from guestfeed_server.migrate import REQUIRED_VERSIONS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .conftest import SECRET, _with_database
+from .conftest import SECRET, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTFEED = ROOT / ".venv" / "bin" / "guestfeed"
@@ -250,20 +250,8 @@ async def _run(env: dict[str, str], *args: str, timeout: float = 30) -> tuple[in
 @pytest.fixture
 async def fresh_db(server_dsn: str) -> AsyncIterator[str]:
     """An empty database of its own, dropped WITH (FORCE) afterwards."""
-    name = f"guestfeed_cli_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield _with_database(server_dsn, name)
-    finally:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with scratch_database(server_dsn, "guestfeed_cli") as (_, dsn):
+        yield dsn
 
 
 class TestTokenCommand:

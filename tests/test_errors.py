@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from . import conftest
-from .conftest import SECRET, Client, _with_database, start_client
+from .conftest import SECRET, Client, scratch_database, start_client
 from .factory import World
 from .helpers import error_info, field_violations, rich_status
 
@@ -407,11 +407,7 @@ class TestBugsBecomeInternal:
 class TestDatabaseOutage:
     async def test_unreachable_database_is_unavailable(self, server_dsn: str) -> None:
         """A database refusing connections makes ListMessages UNAVAILABLE, never INTERNAL."""
-        name = f"guestfeed_outage_{uuid.uuid4().hex[:12]}"
-        root = await asyncpg.connect(server_dsn)
-        try:
-            await root.execute(f'CREATE DATABASE "{name}"')
-            dsn = _with_database(server_dsn, name)
+        async with scratch_database(server_dsn, "guestfeed_outage") as (name, dsn):
             conn = await asyncpg.connect(dsn)
             try:
                 await migrate(conn)
@@ -426,6 +422,7 @@ class TestDatabaseOutage:
             await world.deliver(mid, guest_id=guest, user_id=user)
             await arrange.close()
 
+            root = await asyncpg.connect(server_dsn)
             c = await start_client(dsn, GUESTFEED_QUERY_TIMEOUT_S="2")
             try:
                 request = feed_pb2.ListMessagesRequest(event_id=str(event))
@@ -462,7 +459,5 @@ class TestDatabaseOutage:
             finally:
                 await c.channel.close()
                 await c.app.stop()
-        finally:
-            await root.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            await root.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await root.close()
+                await root.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                await root.close()

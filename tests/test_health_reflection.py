@@ -18,7 +18,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from .conftest import Client, _with_database, start_client
+from .conftest import Client, scratch_database, start_client
 from .factory import World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,20 +54,8 @@ async def _wait_for(channel: grpc.aio.Channel, want: int, *, within_s: float = 1
 @pytest.fixture
 async def own_db(server_dsn: str) -> AsyncIterator[tuple[str, str]]:
     """(name, dsn) of an empty database of the test's own; dropped WITH (FORCE) at the end."""
-    name = f"guestfeed_health_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield name, _with_database(server_dsn, name)
-    finally:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database(server_dsn, "guestfeed_health") as db:
+        yield db
 
 
 async def _stop(c: Client) -> None:

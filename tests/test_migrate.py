@@ -7,7 +7,7 @@ but what the test and migrate did.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from guestfeed_server.migrate import (
     production_schema_sql,
 )
 
-from .conftest import _with_database
+from .conftest import scratch_database
 from .factory import World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,33 +50,15 @@ NewDb = Callable[[], Awaitable[Db]]
 @pytest.fixture
 async def new_db(server_dsn: str) -> AsyncIterator[NewDb]:
     """Makes empty databases on demand (superuser); drops them WITH (FORCE) at the end."""
-    names: list[str] = []
-    conns: list[asyncpg.Connection] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def make() -> Db:
-        name = f"guestfeed_mig_{uuid.uuid4().hex[:12]}"
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        names.append(name)
-        dsn = _with_database(server_dsn, name)
-        conn = await asyncpg.connect(dsn)
-        conns.append(conn)
-        return Db(dsn, conn)
+        async def make() -> Db:
+            _, dsn = await stack.enter_async_context(scratch_database(server_dsn, "guestfeed_mig"))
+            conn = await asyncpg.connect(dsn)
+            stack.push_async_callback(conn.close)
+            return Db(dsn, conn)
 
-    try:
         yield make
-    finally:
-        for conn in conns:
-            await conn.close()
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            for name in names:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def catalog(conn: asyncpg.Connection) -> Catalog:

@@ -49,6 +49,10 @@ _UNAVAILABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
     # server ended the session. QueryCanceledError, also class 57, is a
     # timeout and is classified before this tuple is consulted.
     asyncpg.exceptions.OperatorInterventionError,
+    # A pooled connection whose backend was just killed can still look idle;
+    # asyncpg then refuses to reuse it mid-error ("cannot switch to state").
+    # The pool discards it on release, so a retry gets a fresh connection.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
