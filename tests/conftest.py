@@ -146,7 +146,7 @@ async def start_client(dsn: str, **settings: str) -> Client:
     cfg = test_settings(**settings)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
     assert pool is not None
-    app = await server_mod.start(cfg, pool, SECRET, listen="127.0.0.1:0")
+    app = await server_mod.start(cfg, pool, SECRET, dsn=dsn, listen="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     return Client(
         channel=channel,

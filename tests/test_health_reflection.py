@@ -172,7 +172,13 @@ class TestReflection:
         methods = {
             m.name for f in files for s in f.service if s.name == "RolloutService" for m in s.method
         }
-        assert methods == {"GetReadModel"}
+        assert methods == {
+            "GetReadModel",
+            "GetRolloutConfig",
+            "UpdateRolloutConfig",
+            "ListRolloutChanges",
+            "PreviewRolloutChange",
+        }
 
     async def test_unknown_symbol_is_not_found(self, client: Client) -> None:
         """file_containing_symbol for an unknown name answers with a NOT_FOUND error response."""

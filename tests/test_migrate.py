@@ -35,6 +35,16 @@ GF_INDEXES = {i.name for i in INDEXES}
 
 Catalog = dict[str, Any]
 
+# Everything migrate may create in its own schema.
+OWN_RELATIONS = {
+    ("schema_migrations", "r"),
+    ("schema_migrations_pkey", "i"),
+    ("rollout_config", "r"),
+    ("rollout_config_pkey", "i"),
+    ("rollout_changes", "r"),
+    ("rollout_changes_pkey", "i"),
+}
+
 
 @dataclass
 class Db:
@@ -225,16 +235,13 @@ class TestEmptyDatabase:
                 " (", " USING btree (", 1
             )
 
-    async def test_records_versions_0001_to_0006(self, new_db: NewDb) -> None:
-        """guestfeed.schema_migrations holds exactly 0001..0006; the schema holds only it."""
+    async def test_records_every_version_in_order(self, new_db: NewDb) -> None:
+        """guestfeed.schema_migrations holds exactly 0001..0007; the schema holds only our state."""
         conn = (await new_db()).conn
         await migrate(conn)
         versions = [v for v, _, _ in await recorded(conn)]
-        assert versions == [f"{i:04d}" for i in range(1, 7)]
-        assert await own_schema_relations(conn) == {
-            ("schema_migrations", "r"),
-            ("schema_migrations_pkey", "i"),
-        }
+        assert versions == [f"{i:04d}" for i in range(1, 8)]
+        assert await own_schema_relations(conn) == OWN_RELATIONS
 
 
 class TestProductionDatabase:
@@ -253,10 +260,7 @@ class TestProductionDatabase:
         assert without_gf(cat_after) == cat_before
         assert set(cat_after["indexes"]) - set(cat_before["indexes"]) == GF_INDEXES
         assert {v for v, _ in (await gf_index_state(conn)).values()} == {True}
-        assert await own_schema_relations(conn) == {
-            ("schema_migrations", "r"),
-            ("schema_migrations_pkey", "i"),
-        }
+        assert await own_schema_relations(conn) == OWN_RELATIONS
         schemas = await conn.fetch(
             "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
             "AND nspname <> 'information_schema' ORDER BY nspname"
@@ -400,10 +404,10 @@ class TestInvalidIndexRepair:
 
 class TestMissingVersions:
     async def test_lists_every_version_before_and_none_after(self, new_db: NewDb) -> None:
-        """missing_versions lists 0001..0006 on an empty database and nothing after migrate."""
+        """missing_versions lists 0001..0007 on an empty database and nothing after migrate."""
         conn = (await new_db()).conn
         assert await missing_versions(conn) == list(REQUIRED_VERSIONS)
-        assert list(REQUIRED_VERSIONS) == ["0001", "0002", "0003", "0004", "0005", "0006"]
+        assert list(REQUIRED_VERSIONS) == [f"{i:04d}" for i in range(1, 8)]
         await migrate(conn)
         assert await missing_versions(conn) == []
 

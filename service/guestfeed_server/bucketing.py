@@ -23,7 +23,9 @@ def _to_int32(value: int) -> int:
 
 def simple_hash(text: str) -> int:
     """The plan's `simpleHash(text)`: a non-negative integer up to 2**31."""
-    data = text.encode("utf-16-be")
+    # "surrogatepass": a Python str may hold lone surrogates (JSON "\ud83d"),
+    # which JavaScript strings carry as plain code units; "strict" would raise.
+    data = text.encode("utf-16-be", "surrogatepass")
     h = 0
     for i in range(0, len(data), 2):
         unit = (data[i] << 8) | data[i + 1]

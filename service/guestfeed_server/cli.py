@@ -108,7 +108,7 @@ async def _serve_async(
                 )
                 return 3
             info = await seed_demo(conn) if demo else None
-        app = await server.start(settings, pool, secret)
+        app = await server.start(settings, pool, secret, dsn=database.dsn)
     except BaseException:
         await pool.close()
         raise

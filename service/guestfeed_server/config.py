@@ -36,6 +36,12 @@ class Settings:
     connect_timeout_s: float
     health_interval_s: float
     shutdown_grace_s: float
+    # The plan's deploy-level flag, kept as a hard kill switch above the
+    # stored config: GUESTFEED_READMODEL_V2=false pins every replica so
+    # started to v1, whatever the rollout config says.
+    deploy_v2_allowed: bool
+    # How often a replica re-reads the rollout config even without a NOTIFY.
+    rollout_refresh_s: float
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +95,8 @@ class Settings:
             connect_timeout_s=_float(env, "GUESTFEED_CONNECT_TIMEOUT_S", 10.0),
             health_interval_s=_float(env, "GUESTFEED_HEALTH_INTERVAL_S", 2.0),
             shutdown_grace_s=_float(env, "GUESTFEED_SHUTDOWN_GRACE_S", 5.0),
+            deploy_v2_allowed=_bool(env, "GUESTFEED_READMODEL_V2", True),
+            rollout_refresh_s=_float(env, "GUESTFEED_ROLLOUT_REFRESH_S", 5.0),
         )
 
 
@@ -117,6 +125,18 @@ def _int(env: Mapping[str, str], name: str, default: int, *, lo: int) -> int:
     if value < lo:
         raise ConfigError(f"{name} must be >= {lo}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

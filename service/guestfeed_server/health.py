@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 from grpc_health.v1 import _async as health_aio
@@ -34,6 +34,7 @@ class DatabaseHealth:
         *,
         interval_s: float,
         timeout_s: float,
+        components: Mapping[str, Callable[[], bool]] | None = None,
     ) -> None:
         self.servicer = servicer
         self._pool = pool
@@ -41,6 +42,7 @@ class DatabaseHealth:
         self._services = ("", *services)
         self._interval = interval_s
         self._timeout = timeout_s
+        self._components = dict(components or {})
         self._task: asyncio.Task[None] | None = None
         self.serving: bool | None = None
 
@@ -61,6 +63,8 @@ class DatabaseHealth:
         self.serving = ok
         for name in self._services:
             await self.servicer.set(name, SERVING if ok else NOT_SERVING)
+        for name, check in self._components.items():
+            await self.servicer.set(name, SERVING if check() else NOT_SERVING)
         return ok
 
     def start(self) -> None:

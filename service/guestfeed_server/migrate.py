@@ -85,7 +85,39 @@ CREATE TABLE IF NOT EXISTS guestfeed.schema_migrations (
 );
 """
 
-REQUIRED_VERSIONS = ("0001", *(i.version for i in INDEXES))
+# The service's own state, in its own schema: written only by the service.
+OWN_STEPS: tuple[tuple[str, str, str], ...] = (
+    (
+        "0007",
+        "rollout config and its audit log",
+        """
+CREATE TABLE IF NOT EXISTS guestfeed.rollout_config (
+    -- One row: the current configuration. `revision` guards updates.
+    id              smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    v2_enabled      boolean NOT NULL DEFAULT false,
+    v2_percentage   smallint NOT NULL DEFAULT 0 CHECK (v2_percentage BETWEEN 0 AND 100),
+    user_overrides  jsonb NOT NULL DEFAULT '{}',
+    event_overrides jsonb NOT NULL DEFAULT '{}',
+    hash_version    text NOT NULL DEFAULT 'js_simple_hash_v1',
+    revision        bigint NOT NULL DEFAULT 1,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    updated_by      text NOT NULL DEFAULT 'guestfeed migrate'
+);
+-- Phase 0 of the plan: v2 deployed but off.
+INSERT INTO guestfeed.rollout_config (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS guestfeed.rollout_changes (
+    revision    bigint PRIMARY KEY,
+    changed_at  timestamptz NOT NULL DEFAULT now(),
+    changed_by  text NOT NULL,
+    reason      text NOT NULL,
+    before      jsonb NOT NULL,
+    after       jsonb NOT NULL
+);
+""",
+    ),
+)
+
+REQUIRED_VERSIONS = ("0001", *(i.version for i in INDEXES), *(v for v, _, _ in OWN_STEPS))
 
 
 def production_schema_sql() -> str:
@@ -120,6 +152,11 @@ async def migrate(conn: Conn) -> list[str]:
         for step in INDEXES:
             if await _ensure_index(conn, step):
                 applied.append(step.version)
+        for version, description, sql in OWN_STEPS:
+            async with conn.transaction():
+                await conn.execute(sql)
+                if await _record(conn, version, description):
+                    applied.append(version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied

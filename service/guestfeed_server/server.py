@@ -25,12 +25,17 @@ from .grpc_errors import ErrorMappingInterceptor
 from .health import DatabaseHealth
 from .model import ReadModel
 from .pagination import PageTokens
-from .rollout import Phase0Policy, RolloutPolicy
+from .rollout import RolloutPolicy
+from .rollout.admin import RolloutAdmin
+from .rollout.live import RolloutState
 from .servicers.feed import GuestFeedServicer
 from .servicers.rollout import RolloutServicer
 from .storage import make_store
 
 log = logging.getLogger(__name__)
+
+# A health entry of its own: SERVING once the stored rollout config was read.
+ROLLOUT_HEALTH_NAME = "guestfeed.rollout.config"
 
 SERVICE_NAMES = (
     feed_pb2.DESCRIPTOR.services_by_name["GuestFeedService"].full_name,
@@ -47,11 +52,14 @@ class App:
     health: DatabaseHealth
     pool: asyncpg.Pool
     grace_s: float
+    rollout: RolloutState | None
 
     async def stop(self) -> None:
-        """Stops in order: health, RPCs (with grace), then the pool."""
+        """Stops in order: health, RPCs (with grace), the rollout listener, the pool."""
         await self.health.stop()
         await self.server.stop(self.grace_s)
+        if self.rollout is not None:
+            await self.rollout.stop()
         await self.pool.close()
 
 
@@ -60,12 +68,34 @@ async def start(
     pool: asyncpg.Pool,
     jwt_secret: str,
     *,
+    dsn: str | None = None,
     listen: str | None = None,
     rollout: RolloutPolicy | None = None,
 ) -> App:
-    """Builds and starts the server on `listen` (default: the settings')."""
+    """Builds and starts the server on `listen` (default: the settings').
+
+    The rollout follows the stored config live (a dedicated LISTEN connection
+    to `dsn`); tests may pass a fixed `rollout` policy instead.
+    """
     auth = Authenticator(HS256Secret(jwt_secret))
-    policy = rollout or Phase0Policy()
+    state: RolloutState | None = None
+    if rollout is None:
+        if dsn is None:
+            raise ValueError("start() needs the dsn for the rollout listener, or a rollout policy")
+        state = RolloutState(
+            dsn,
+            deploy_v2_allowed=settings.deploy_v2_allowed,
+            refresh_s=settings.rollout_refresh_s,
+            connect_timeout_s=settings.connect_timeout_s,
+        )
+        await state.start(initial_wait_s=min(settings.connect_timeout_s, 5.0))
+    policy: RolloutPolicy = state or rollout  # type: ignore[assignment]
+    admin = RolloutAdmin(
+        pool,
+        deploy_v2_allowed=settings.deploy_v2_allowed,
+        query_timeout_s=settings.query_timeout_s,
+        applied=state.apply if state is not None else None,
+    )
     reader = FeedReader(
         pool,
         {m: make_store(m) for m in ReadModel},
@@ -75,7 +105,9 @@ async def start(
     )
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
     feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(GuestFeedServicer(auth, reader), server)
-    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(auth, policy), server)
+    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
+        RolloutServicer(auth, policy, admin), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = "grpc.health.v1.Health"
@@ -92,12 +124,19 @@ async def start(
         SERVICE_NAMES,
         interval_s=settings.health_interval_s,
         timeout_s=min(settings.query_timeout_s, 2.0),
+        # NOT_SERVING while this replica runs on the fail-safe (v1) config.
+        components={ROLLOUT_HEALTH_NAME: (lambda: state is None or not state.fail_safe)},
     )
     await health.probe()
     health.start()
     await server.start()
     return App(
-        server=server, port=port, health=health, pool=pool, grace_s=settings.shutdown_grace_s
+        server=server,
+        port=port,
+        health=health,
+        pool=pool,
+        grace_s=settings.shutdown_grace_s,
+        rollout=state,
     )
 
 

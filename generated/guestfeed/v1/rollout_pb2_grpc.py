@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class RolloutServiceStub:
     """RolloutService answers which read model an (event, user) pair gets and holds
-    the rollout configuration.
+    the rollout configuration. Every replica applies a change within a second.
     """
 
     def __init__(self, channel):
@@ -41,15 +41,69 @@ class RolloutServiceStub:
                 request_serializer=guestfeed_dot_v1_dot_rollout__pb2.GetReadModelRequest.SerializeToString,
                 response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.GetReadModelResponse.FromString,
                 _registered_method=True)
+        self.GetRolloutConfig = channel.unary_unary(
+                '/guestfeed.v1.RolloutService/GetRolloutConfig',
+                request_serializer=guestfeed_dot_v1_dot_rollout__pb2.GetRolloutConfigRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.GetRolloutConfigResponse.FromString,
+                _registered_method=True)
+        self.UpdateRolloutConfig = channel.unary_unary(
+                '/guestfeed.v1.RolloutService/UpdateRolloutConfig',
+                request_serializer=guestfeed_dot_v1_dot_rollout__pb2.UpdateRolloutConfigRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.UpdateRolloutConfigResponse.FromString,
+                _registered_method=True)
+        self.ListRolloutChanges = channel.unary_unary(
+                '/guestfeed.v1.RolloutService/ListRolloutChanges',
+                request_serializer=guestfeed_dot_v1_dot_rollout__pb2.ListRolloutChangesRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.ListRolloutChangesResponse.FromString,
+                _registered_method=True)
+        self.PreviewRolloutChange = channel.unary_unary(
+                '/guestfeed.v1.RolloutService/PreviewRolloutChange',
+                request_serializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutServiceServicer:
     """RolloutService answers which read model an (event, user) pair gets and holds
-    the rollout configuration.
+    the rollout configuration. Every replica applies a change within a second.
     """
 
     def GetReadModel(self, request, context):
         """GetReadModel answers which read model the rollout gives an (event, user).
+        A caller may ask about themselves; asking about anyone else needs a
+        service_role token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRolloutConfig(self, request, context):
+        """GetRolloutConfig returns the stored configuration (service_role only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRolloutConfig(self, request, context):
+        """UpdateRolloutConfig replaces the configuration if `expected_revision` is
+        still current, and records the change in the audit log, in one
+        transaction (service_role only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRolloutChanges(self, request, context):
+        """ListRolloutChanges is the audit log, newest first (service_role only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewRolloutChange(self, request, context):
+        """PreviewRolloutChange says how many guests, and which events, would change
+        read model under a proposed configuration, without changing anything
+        (service_role only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +117,26 @@ def add_RolloutServiceServicer_to_server(servicer, server):
                     request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.GetReadModelRequest.FromString,
                     response_serializer=guestfeed_dot_v1_dot_rollout__pb2.GetReadModelResponse.SerializeToString,
             ),
+            'GetRolloutConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutConfig,
+                    request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.GetRolloutConfigRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_rollout__pb2.GetRolloutConfigResponse.SerializeToString,
+            ),
+            'UpdateRolloutConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRolloutConfig,
+                    request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.UpdateRolloutConfigRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_rollout__pb2.UpdateRolloutConfigResponse.SerializeToString,
+            ),
+            'ListRolloutChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRolloutChanges,
+                    request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.ListRolloutChangesRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_rollout__pb2.ListRolloutChangesResponse.SerializeToString,
+            ),
+            'PreviewRolloutChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewRolloutChange,
+                    request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'guestfeed.v1.RolloutService', rpc_method_handlers)
@@ -73,7 +147,7 @@ def add_RolloutServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RolloutService:
     """RolloutService answers which read model an (event, user) pair gets and holds
-    the rollout configuration.
+    the rollout configuration. Every replica applies a change within a second.
     """
 
     @staticmethod
@@ -93,6 +167,114 @@ class RolloutService:
             '/guestfeed.v1.RolloutService/GetReadModel',
             guestfeed_dot_v1_dot_rollout__pb2.GetReadModelRequest.SerializeToString,
             guestfeed_dot_v1_dot_rollout__pb2.GetReadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/guestfeed.v1.RolloutService/GetRolloutConfig',
+            guestfeed_dot_v1_dot_rollout__pb2.GetRolloutConfigRequest.SerializeToString,
+            guestfeed_dot_v1_dot_rollout__pb2.GetRolloutConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRolloutConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/guestfeed.v1.RolloutService/UpdateRolloutConfig',
+            guestfeed_dot_v1_dot_rollout__pb2.UpdateRolloutConfigRequest.SerializeToString,
+            guestfeed_dot_v1_dot_rollout__pb2.UpdateRolloutConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRolloutChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/guestfeed.v1.RolloutService/ListRolloutChanges',
+            guestfeed_dot_v1_dot_rollout__pb2.ListRolloutChangesRequest.SerializeToString,
+            guestfeed_dot_v1_dot_rollout__pb2.ListRolloutChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewRolloutChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/guestfeed.v1.RolloutService/PreviewRolloutChange',
+            guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeRequest.SerializeToString,
+            guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

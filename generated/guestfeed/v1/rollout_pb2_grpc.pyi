@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class RolloutServiceStub:
     """RolloutService answers which read model an (event, user) pair gets and holds
-    the rollout configuration.
+    the rollout configuration. Every replica applies a change within a second.
     """
 
     @_typing.overload
@@ -36,21 +36,55 @@ class RolloutServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RolloutServiceAsyncStub: ...
     GetReadModel: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.GetReadModelRequest, _rollout_pb2.GetReadModelResponse]
-    """GetReadModel answers which read model the rollout gives an (event, user)."""
+    """GetReadModel answers which read model the rollout gives an (event, user).
+    A caller may ask about themselves; asking about anyone else needs a
+    service_role token.
+    """
+    GetRolloutConfig: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.GetRolloutConfigRequest, _rollout_pb2.GetRolloutConfigResponse]
+    """GetRolloutConfig returns the stored configuration (service_role only)."""
+    UpdateRolloutConfig: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.UpdateRolloutConfigRequest, _rollout_pb2.UpdateRolloutConfigResponse]
+    """UpdateRolloutConfig replaces the configuration if `expected_revision` is
+    still current, and records the change in the audit log, in one
+    transaction (service_role only).
+    """
+    ListRolloutChanges: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.ListRolloutChangesRequest, _rollout_pb2.ListRolloutChangesResponse]
+    """ListRolloutChanges is the audit log, newest first (service_role only)."""
+    PreviewRolloutChange: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.PreviewRolloutChangeRequest, _rollout_pb2.PreviewRolloutChangeResponse]
+    """PreviewRolloutChange says how many guests, and which events, would change
+    read model under a proposed configuration, without changing anything
+    (service_role only).
+    """
 
 @_typing.type_check_only
 class RolloutServiceAsyncStub(RolloutServiceStub):
     """RolloutService answers which read model an (event, user) pair gets and holds
-    the rollout configuration.
+    the rollout configuration. Every replica applies a change within a second.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetReadModel: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GetReadModelRequest, _rollout_pb2.GetReadModelResponse]  # type: ignore[assignment]
-    """GetReadModel answers which read model the rollout gives an (event, user)."""
+    """GetReadModel answers which read model the rollout gives an (event, user).
+    A caller may ask about themselves; asking about anyone else needs a
+    service_role token.
+    """
+    GetRolloutConfig: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GetRolloutConfigRequest, _rollout_pb2.GetRolloutConfigResponse]  # type: ignore[assignment]
+    """GetRolloutConfig returns the stored configuration (service_role only)."""
+    UpdateRolloutConfig: _aio.UnaryUnaryMultiCallable[_rollout_pb2.UpdateRolloutConfigRequest, _rollout_pb2.UpdateRolloutConfigResponse]  # type: ignore[assignment]
+    """UpdateRolloutConfig replaces the configuration if `expected_revision` is
+    still current, and records the change in the audit log, in one
+    transaction (service_role only).
+    """
+    ListRolloutChanges: _aio.UnaryUnaryMultiCallable[_rollout_pb2.ListRolloutChangesRequest, _rollout_pb2.ListRolloutChangesResponse]  # type: ignore[assignment]
+    """ListRolloutChanges is the audit log, newest first (service_role only)."""
+    PreviewRolloutChange: _aio.UnaryUnaryMultiCallable[_rollout_pb2.PreviewRolloutChangeRequest, _rollout_pb2.PreviewRolloutChangeResponse]  # type: ignore[assignment]
+    """PreviewRolloutChange says how many guests, and which events, would change
+    read model under a proposed configuration, without changing anything
+    (service_role only).
+    """
 
 class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
     """RolloutService answers which read model an (event, user) pair gets and holds
-    the rollout configuration.
+    the rollout configuration. Every replica applies a change within a second.
     """
 
     @_abc_1.abstractmethod
@@ -59,6 +93,47 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rollout_pb2.GetReadModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rollout_pb2.GetReadModelResponse, _abc.Awaitable[_rollout_pb2.GetReadModelResponse]]:
-        """GetReadModel answers which read model the rollout gives an (event, user)."""
+        """GetReadModel answers which read model the rollout gives an (event, user).
+        A caller may ask about themselves; asking about anyone else needs a
+        service_role token.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRolloutConfig(
+        self,
+        request: _rollout_pb2.GetRolloutConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.GetRolloutConfigResponse, _abc.Awaitable[_rollout_pb2.GetRolloutConfigResponse]]:
+        """GetRolloutConfig returns the stored configuration (service_role only)."""
+
+    @_abc_1.abstractmethod
+    def UpdateRolloutConfig(
+        self,
+        request: _rollout_pb2.UpdateRolloutConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.UpdateRolloutConfigResponse, _abc.Awaitable[_rollout_pb2.UpdateRolloutConfigResponse]]:
+        """UpdateRolloutConfig replaces the configuration if `expected_revision` is
+        still current, and records the change in the audit log, in one
+        transaction (service_role only).
+        """
+
+    @_abc_1.abstractmethod
+    def ListRolloutChanges(
+        self,
+        request: _rollout_pb2.ListRolloutChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.ListRolloutChangesResponse, _abc.Awaitable[_rollout_pb2.ListRolloutChangesResponse]]:
+        """ListRolloutChanges is the audit log, newest first (service_role only)."""
+
+    @_abc_1.abstractmethod
+    def PreviewRolloutChange(
+        self,
+        request: _rollout_pb2.PreviewRolloutChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.PreviewRolloutChangeResponse, _abc.Awaitable[_rollout_pb2.PreviewRolloutChangeResponse]]:
+        """PreviewRolloutChange says how many guests, and which events, would change
+        read model under a proposed configuration, without changing anything
+        (service_role only).
+        """
 
 def add_RolloutServiceServicer_to_server(servicer: RolloutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,4 @@
-"""RolloutService: which read model an (event, user) pair gets."""
+"""RolloutService: which read model a pair gets, and the config behind it."""
 
 from __future__ import annotations
 
@@ -9,19 +9,25 @@ from guestfeed.v1 import rollout_pb2, rollout_pb2_grpc
 
 from ..auth import Authenticator
 from ..errors import FieldViolation, InvalidArgument, PermissionDenied
+from ..pagination import coerce_page_size
 from ..rollout import RolloutPolicy
-from . import convert
+from ..rollout.admin import RolloutAdmin
+from . import convert, rollout_convert
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_MAX_PREVIEW_EVENTS = 1000
 
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
-    """Answers from the ids and the policy alone; no guest row is needed."""
+    """Each RPC: authenticate, validate, authorize, call the domain, map."""
 
-    def __init__(self, auth: Authenticator, policy: RolloutPolicy) -> None:
+    def __init__(self, auth: Authenticator, policy: RolloutPolicy, admin: RolloutAdmin) -> None:
         self._auth = auth
         self._policy = policy
+        self._admin = admin
 
     async def GetReadModel(  # noqa: N802 (gRPC method name)
-        self, request: rollout_pb2.GetReadModelRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: rollout_pb2.GetReadModelRequest, context: Context
     ) -> rollout_pb2.GetReadModelResponse:
         """A caller may ask about themselves; anyone else needs service_role."""
         who = convert.principal(self._auth, context)
@@ -36,5 +42,90 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
             )
         decision = self._policy.decide(event, user)
         return rollout_pb2.GetReadModelResponse(
-            read_model=convert.read_model_pb(decision.read_model), bucket=decision.bucket
+            read_model=convert.read_model_pb(decision.read_model),
+            bucket=decision.bucket,
+            reason=rollout_convert.reason_pb(decision.reason),
+            config_revision=decision.config_revision,
         )
+
+    async def GetRolloutConfig(  # noqa: N802 (gRPC method name)
+        self, request: rollout_pb2.GetRolloutConfigRequest, context: Context
+    ) -> rollout_pb2.GetRolloutConfigResponse:
+        """The stored configuration."""
+        who = convert.principal(self._auth, context)
+        config = await self._admin.get(who)
+        return rollout_pb2.GetRolloutConfigResponse(config=rollout_convert.config_pb(config))
+
+    async def UpdateRolloutConfig(  # noqa: N802 (gRPC method name)
+        self, request: rollout_pb2.UpdateRolloutConfigRequest, context: Context
+    ) -> rollout_pb2.UpdateRolloutConfigResponse:
+        """Optimistic replace: a stale expected_revision is ABORTED."""
+        who = convert.principal(self._auth, context)
+        violations: list[FieldViolation] = []
+        try:
+            proposed, hash_version = rollout_convert.proposed_config(
+                request.config, has_config=request.HasField("config")
+            )
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        try:
+            reason = rollout_convert.update_reason(request.reason)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        if request.expected_revision <= 0:
+            violations.append(
+                FieldViolation(
+                    "expected_revision",
+                    "is required: the revision your change is based on (GetRolloutConfig)",
+                    "REVISION_REQUIRED",
+                )
+            )
+        if violations:
+            raise InvalidArgument.of(*violations)
+        config = await self._admin.update(
+            who,
+            proposed,
+            hash_version=hash_version,
+            expected_revision=request.expected_revision,
+            reason=reason,
+        )
+        return rollout_pb2.UpdateRolloutConfigResponse(config=rollout_convert.config_pb(config))
+
+    async def ListRolloutChanges(  # noqa: N802 (gRPC method name)
+        self, request: rollout_pb2.ListRolloutChangesRequest, context: Context
+    ) -> rollout_pb2.ListRolloutChangesResponse:
+        """The audit log, newest first."""
+        who = convert.principal(self._auth, context)
+        size = coerce_page_size(request.page_size)
+        changes, token = await self._admin.changes(
+            who, page_size=size, page_token=request.page_token
+        )
+        return rollout_pb2.ListRolloutChangesResponse(
+            changes=[rollout_convert.change_pb(c) for c in changes], next_page_token=token
+        )
+
+    async def PreviewRolloutChange(  # noqa: N802 (gRPC method name)
+        self, request: rollout_pb2.PreviewRolloutChangeRequest, context: Context
+    ) -> rollout_pb2.PreviewRolloutChangeResponse:
+        """How many guests and which events a proposal would move."""
+        who = convert.principal(self._auth, context)
+        violations: list[FieldViolation] = []
+        try:
+            proposed, hash_version = rollout_convert.proposed_config(
+                request.config, has_config=request.HasField("config")
+            )
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        if request.max_events < 0:
+            violations.append(
+                FieldViolation("max_events", f"must be >= 0, got {request.max_events}", "NEGATIVE")
+            )
+        if violations:
+            raise InvalidArgument.of(*violations)
+        impact = await self._admin.preview(
+            who,
+            proposed,
+            hash_version=hash_version,
+            max_events=min(request.max_events or 20, _MAX_PREVIEW_EVENTS),
+        )
+        return rollout_convert.impact_pb(impact)
