@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from . import db
+from . import cli_bench, db
 from .auth import Role, mint
 from .config import ConfigError, Settings, parse_listen
 from .migrate import MigrationError, migrate, missing_versions
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--role", choices=[r.value for r in Role], default=Role.AUTHENTICATED.value)
     tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     tok.set_defaults(func=_token)
+    cli_bench.register(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from guestfeed.v1 import feed_pb2
 
 from ..auth import Authenticator, Principal

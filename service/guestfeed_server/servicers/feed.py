@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 
 from ..auth import Authenticator

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
 from guestfeed.v1 import rollout_pb2, rollout_pb2_grpc
 
 from ..auth import Authenticator

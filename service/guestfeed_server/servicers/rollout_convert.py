@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from guestfeed.v1 import feed_pb2, rollout_pb2
 
 from ..errors import FieldViolation, InvalidArgument

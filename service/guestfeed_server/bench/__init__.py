@@ -1,0 +1,1 @@
+"""Benchmarks (`guestfeed bench ...`) and the process helpers they share with tests."""
