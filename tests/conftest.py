@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 import pytest
+
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server import server as server_mod
 from guestfeed_server.auth import Role, mint
