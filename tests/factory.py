@@ -72,11 +72,15 @@ class World:
         """A fresh, strictly later timestamp."""
         return BASE + timedelta(seconds=next(self._clock))
 
-    async def user(self, full_name: str | None = "Some User", avatar_url: str | None = None) -> uuid.UUID:
+    async def user(
+        self, full_name: str | None = "Some User", avatar_url: str | None = None
+    ) -> uuid.UUID:
         uid = uuid.uuid4()
         await self.pool.execute(
             "INSERT INTO public.users (id, full_name, avatar_url) VALUES ($1, $2, $3)",
-            uid, full_name, avatar_url,
+            uid,
+            full_name,
+            avatar_url,
         )
         self.users[uid] = (full_name, avatar_url)
         return uid
@@ -86,7 +90,8 @@ class World:
         eid = uuid.uuid4()
         await self.pool.execute(
             "INSERT INTO public.events (id, title, host_user_id) VALUES ($1, 'Test event', $2)",
-            eid, host,
+            eid,
+            host,
         )
         return eid
 
@@ -102,22 +107,32 @@ class World:
     ) -> uuid.UUID:
         gid = uuid.uuid4()
         await self.pool.execute(
-            "INSERT INTO public.event_guests (id, event_id, user_id, guest_name, guest_tags, role, removed_at) "
+            "INSERT INTO public.event_guests "
+            "(id, event_id, user_id, guest_name, guest_tags, role, removed_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)",
-            gid, event_id, user_id, name, list(tags), role, removed,
+            gid,
+            event_id,
+            user_id,
+            name,
+            list(tags),
+            role,
+            removed,
         )
         self.guests.append(Guest(gid, event_id, user_id, name, list(tags), role, removed))
         return gid
 
-    async def member(self, event_id: uuid.UUID, *, tags: Sequence[str] = (),
-                     full_name: str | None = "Member") -> tuple[uuid.UUID, uuid.UUID]:
+    async def member(
+        self, event_id: uuid.UUID, *, tags: Sequence[str] = (), full_name: str | None = "Member"
+    ) -> tuple[uuid.UUID, uuid.UUID]:
         """A user with an active guest row: returns (user_id, guest_id)."""
         uid = await self.user(full_name)
         gid = await self.guest(event_id, uid, tags=tags, name=full_name)
         return uid, gid
 
     async def remove(self, guest_id: uuid.UUID) -> None:
-        await self.pool.execute("UPDATE public.event_guests SET removed_at = now() WHERE id = $1", guest_id)
+        await self.pool.execute(
+            "UPDATE public.event_guests SET removed_at = now() WHERE id = $1", guest_id
+        )
         for g in self.guests:
             if g.id == guest_id:
                 g.removed = True
@@ -125,9 +140,12 @@ class World:
     async def schedule(self, event_id: uuid.UUID, tags: Sequence[str] | None) -> uuid.UUID:
         sid = uuid.uuid4()
         await self.pool.execute(
-            "INSERT INTO public.scheduled_messages (id, event_id, content, message_type, target_guest_tags, send_at) "
+            "INSERT INTO public.scheduled_messages "
+            "(id, event_id, content, message_type, target_guest_tags, send_at) "
             "VALUES ($1, $2, 'scheduled', 'channel', $3, now())",
-            sid, event_id, None if tags is None else list(tags),
+            sid,
+            event_id,
+            None if tags is None else list(tags),
         )
         self.scheduled[sid] = Scheduled(sid, event_id, None if tags is None else list(tags))
         return sid
@@ -148,13 +166,22 @@ class World:
         text = content or f"{type} message {mid.hex[:6]}"
         await self.pool.execute(
             "INSERT INTO public.messages (id, event_id, sender_user_id, content, message_type, "
-            "scheduled_message_id, created_at) VALUES ($1, $2, $3, $4, $5::public.message_type_enum, $6, $7)",
-            mid, event_id, sender, text, type, scheduled_id, at,
+            "scheduled_message_id, created_at) "
+            "VALUES ($1, $2, $3, $4, $5::public.message_type_enum, $6, $7)",
+            mid,
+            event_id,
+            sender,
+            text,
+            type,
+            scheduled_id,
+            at,
         )
         self.messages[mid] = Message(mid, event_id, sender, type, scheduled_id, at, text)
         return mid
 
-    async def channel(self, event_id: uuid.UUID, tags: Sequence[str] | None, **kw: object) -> uuid.UUID:
+    async def channel(
+        self, event_id: uuid.UUID, tags: Sequence[str] | None, **kw: object
+    ) -> uuid.UUID:
         """A channel message with its own scheduled message targeting `tags`."""
         sid = await self.schedule(event_id, tags)
         return await self.message(event_id, "channel", scheduled_id=sid, **kw)  # type: ignore[arg-type]
@@ -171,9 +198,15 @@ class World:
         did = uuid.uuid4()
         at = created_at or self.tick()
         await self.pool.execute(
-            "INSERT INTO public.message_deliveries (id, message_id, guest_id, user_id, phone_number, "
-            "sms_status, created_at) VALUES ($1, $2, $3, $4, '+15550001111', $5, $6)",
-            did, message_id, guest_id, user_id, status, at,
+            "INSERT INTO public.message_deliveries "
+            "(id, message_id, guest_id, user_id, phone_number, sms_status, created_at) "
+            "VALUES ($1, $2, $3, $4, '+15550001111', $5, $6)",
+            did,
+            message_id,
+            guest_id,
+            user_id,
+            status,
+            at,
         )
         self.deliveries.append(Delivery(did, message_id, guest_id, user_id, status, at))
         return did

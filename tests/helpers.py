@@ -24,7 +24,9 @@ async def read_all(
     for _ in range(10_000):
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(
-                event_id=str(event_id), page_size=page_size, page_token=token,
+                event_id=str(event_id),
+                page_size=page_size,
+                page_token=token,
                 read_model=MODELS[model],
             ),
             metadata=client.auth(user_id),

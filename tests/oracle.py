@@ -23,7 +23,9 @@ class Expected:
 
 
 def active_guests(world: World, event_id: uuid.UUID, user_id: uuid.UUID) -> list:
-    return [g for g in world.guests if g.event_id == event_id and g.user_id == user_id and not g.removed]
+    return [
+        g for g in world.guests if g.event_id == event_id and g.user_id == user_id and not g.removed
+    ]
 
 
 def feed(world: World, event_id: uuid.UUID, user_id: uuid.UUID, model: str) -> list[Expected]:

@@ -12,11 +12,12 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_server.auth import AUDIENCE, Authenticator, HS256Secret, Role
 from guestfeed_server.errors import PermissionDenied, Unauthenticated
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from .conftest import SECRET, Client
 from .helpers import error_info, rich_status
@@ -174,7 +175,8 @@ class TestTokenVerification:
         assert_unauthenticated(err, "signature does not verify", "TOKEN_INVALID", token)
 
     @pytest.mark.parametrize(
-        "garbage", ["not-a-jwt", "a.b.c", "a.b", "....", "eyJhbGciOiJIUzI1NiJ9"])
+        "garbage", ["not-a-jwt", "a.b.c", "a.b", "....", "eyJhbGciOiJIUzI1NiJ9"]
+    )
     async def test_garbage_token_is_unauthenticated(self, client: Client, garbage: str) -> None:
         """Strings that are not JWTs are refused as malformed."""
         err = await rejection(client, bearer(garbage))
@@ -239,7 +241,8 @@ class TestEveryRpcAuthenticates:
     async def test_stream_messages_requires_a_token(self, client: Client) -> None:
         """StreamMessages without a token fails UNAUTHENTICATED before any response."""
         call = client.feed.StreamMessages(
-            feed_pb2.StreamMessagesRequest(event_id=str(uuid.uuid4())))
+            feed_pb2.StreamMessagesRequest(event_id=str(uuid.uuid4()))
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in call:
                 raise AssertionError("no response may precede the auth failure")
@@ -262,15 +265,24 @@ printable = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_s
 
 
 # Claim values of every JSON type, including ones a claim should never hold.
-junk = (st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=40)
-        | st.lists(st.text(max_size=10), max_size=3))
+junk = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.text(max_size=40)
+    | st.lists(st.text(max_size=10), max_size=3)
+)
 
 
 class TestArbitraryTokens:
-    @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(token=printable | printable.map(lambda s: "eyJ" + s) | st.lists(printable, min_size=3,
-                                                                       max_size=3).map(".".join))
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        token=printable
+        | printable.map(lambda s: "eyJ" + s)
+        | st.lists(printable, min_size=3, max_size=3).map(".".join)
+    )
     async def test_arbitrary_bearer_token_is_only_ever_unauthenticated(
         self, client: Client, token: str
     ) -> None:
@@ -283,13 +295,20 @@ class TestArbitraryTokens:
             assert token not in (err.details() or "")
 
     @settings(max_examples=25, deadline=None)
-    @given(payload=st.fixed_dictionaries({}, optional={
-        "sub": st.uuids().map(str) | junk,
-        "aud": st.just(AUDIENCE) | junk,
-        "exp": st.just(int(time.time()) + 600) | junk,
-        "role": st.sampled_from([r.value for r in Role]) | junk,
-        "iat": junk, "nbf": junk, "iss": junk,
-    }))
+    @given(
+        payload=st.fixed_dictionaries(
+            {},
+            optional={
+                "sub": st.uuids().map(str) | junk,
+                "aud": st.just(AUDIENCE) | junk,
+                "exp": st.just(int(time.time()) + 600) | junk,
+                "role": st.sampled_from([r.value for r in Role]) | junk,
+                "iat": junk,
+                "nbf": junk,
+                "iss": junk,
+            },
+        )
+    )
     def test_authenticator_raises_only_domain_errors(self, payload: dict[str, Any]) -> None:
         """Signed tokens with arbitrary claim values yield a principal or a domain error."""
         auth = Authenticator(HS256Secret(SECRET))

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guestfeed_server.bucketing import bucket, simple_hash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from guestfeed_server.bucketing import bucket, simple_hash
 
 DATA = Path(__file__).parent / "data"
 VECTORS_PATH = DATA / "simple_hash_vectors.json"

@@ -1,4 +1,4 @@
-"""The shipped Python clients: the blocking one on grpc_testing, the asyncio one on the real server."""
+"""The shipped Python clients: blocking on grpc_testing, asyncio on the real server."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class TestSyncClientOnTestingChannel:
         assert seen_tokens == ["", "t1"]
 
     def test_rich_error_details_become_rpc_error_fields(self) -> None:
-        """A failed call raises RPCError carrying the code, ErrorInfo reason and field violations."""
+        """A failed call raises RPCError with the code, ErrorInfo reason and field violations."""
         channel = grpc_testing.channel([_SERVICE], grpc_testing.strict_real_time())
         client = GuestFeedSyncClient(channel, "tok")
         raised: list[BaseException] = []
@@ -68,11 +68,16 @@ class TestSyncClientOnTestingChannel:
         worker.start()
         _, _, rpc = channel.take_unary_unary(_LIST)
         bad = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(
-                field="event_id", description="must be a UUID")]
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="event_id", description="must be a UUID"
+                )
+            ]
         )
         info = error_details_pb2.ErrorInfo(reason="INVALID_UUID", domain="guestfeed.v1")
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="event_id: must be a UUID")
+        status = status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT, message="event_id: must be a UUID"
+        )
         status.details.add().Pack(info)
         status.details.add().Pack(bad)
         grpc_status = rpc_status.to_status(status)
@@ -90,12 +95,16 @@ class TestAsyncClientOnRealServer:
     async def test_iter_messages_yields_the_whole_feed(self, client: Client, world: World) -> None:
         """iter_messages streams every message of the feed in order."""
         event = await world.event()
-        user, guest = await world.member(event)
+        user, _ = await world.member(event)
         for _ in range(7):
             await world.message(event, "announcement")
         gf = GuestFeedClient(client.channel, lambda: Client.token(user))
-        got = [m.message_id async for m in gf.iter_messages(
-            str(event), page_size=3, read_model=feed_pb2.READ_MODEL_V2)]
+        got = [
+            m.message_id
+            async for m in gf.iter_messages(
+                str(event), page_size=3, read_model=feed_pb2.READ_MODEL_V2
+            )
+        ]
         assert got == [str(e.message_id) for e in feed(world, event, user, "v2")]
         assert len(got) == 7
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import asyncpg
 import jwt
 import pytest
-from guestfeed_server.config import ConfigError, Settings
-from guestfeed_server.migrate import REQUIRED_VERSIONS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from guestfeed_server.config import ConfigError, Settings
+from guestfeed_server.migrate import REQUIRED_VERSIONS
 
 from .conftest import SECRET, scratch_database
 

@@ -11,13 +11,14 @@ import asyncpg
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 from guestfeed_server import errors, grpc_errors
 from guestfeed_server import server as server_mod
 from guestfeed_server.migrate import migrate
 from guestfeed_server.rollout import Decision
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from . import conftest
 from .conftest import SECRET, Client, scratch_database, start_client
@@ -30,13 +31,15 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 async def list_error(client: Client, user: uuid.UUID, **fields: object) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.feed.ListMessages(
-            feed_pb2.ListMessagesRequest(**fields), metadata=Client.auth(user))  # type: ignore[arg-type]
+            feed_pb2.ListMessagesRequest(**fields), metadata=Client.auth(user)
+        )  # type: ignore[arg-type]
     return caught.value
 
 
 async def stream_error(client: Client, user: uuid.UUID, **fields: object) -> grpc.aio.AioRpcError:
     call = client.feed.StreamMessages(
-        feed_pb2.StreamMessagesRequest(**fields), metadata=Client.auth(user))  # type: ignore[arg-type]
+        feed_pb2.StreamMessagesRequest(**fields), metadata=Client.auth(user)
+    )  # type: ignore[arg-type]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in call:
             raise AssertionError("an invalid request must fail before any response")
@@ -88,8 +91,16 @@ class TestInvalidArgument:
         violations = assert_invalid(err, {"event_id": "REQUIRED"})
         assert "UUID" in violations["event_id"]
 
-    @pytest.mark.parametrize("event_id", ["abc", "12345678-1234-1234-1234-12345678901",
-                                          "g2345678-1234-1234-1234-123456789012", " ", "null"])
+    @pytest.mark.parametrize(
+        "event_id",
+        [
+            "abc",
+            "12345678-1234-1234-1234-12345678901",
+            "g2345678-1234-1234-1234-123456789012",
+            " ",
+            "null",
+        ],
+    )
     async def test_non_uuid_event_id_is_invalid(self, client: Client, event_id: str) -> None:
         """A non-UUID event_id is INVALID_ARGUMENT, quoting what was sent."""
         err = await list_error(client, uuid.uuid4(), event_id=event_id)
@@ -107,7 +118,8 @@ class TestInvalidArgument:
     async def test_negative_page_size_is_invalid(self, client: Client, page_size: int) -> None:
         """A negative page_size is INVALID_ARGUMENT naming page_size and the value sent."""
         err = await list_error(
-            client, uuid.uuid4(), event_id=str(uuid.uuid4()), page_size=page_size)
+            client, uuid.uuid4(), event_id=str(uuid.uuid4()), page_size=page_size
+        )
         violations = assert_invalid(err, {"page_size": "PAGE_SIZE_NEGATIVE"})
         assert str(page_size) in violations["page_size"]
 
@@ -115,7 +127,8 @@ class TestInvalidArgument:
     async def test_unknown_read_model_is_invalid(self, client: Client, read_model: int) -> None:
         """An enum number outside ReadModel is INVALID_ARGUMENT naming the accepted values."""
         err = await list_error(
-            client, uuid.uuid4(), event_id=str(uuid.uuid4()), read_model=read_model)
+            client, uuid.uuid4(), event_id=str(uuid.uuid4()), read_model=read_model
+        )
         violations = assert_invalid(err, {"read_model": "UNKNOWN_ENUM_VALUE"})
         assert str(read_model) in violations["read_model"]
         assert "READ_MODEL_V1" in violations["read_model"]
@@ -135,22 +148,36 @@ class TestInvalidArgument:
     async def test_every_bad_field_is_reported_at_once(self, client: Client) -> None:
         """Several bad fields in one request produce one violation per field, all together."""
         err = await stream_error(
-            client, uuid.uuid4(), event_id="nope", page_size=-1, page_token="t" * 600,
-            read_model=7, max_messages=-1,
+            client,
+            uuid.uuid4(),
+            event_id="nope",
+            page_size=-1,
+            page_token="t" * 600,
+            read_model=7,
+            max_messages=-1,
         )
-        assert_invalid(err, {
-            "event_id": "INVALID_UUID",
-            "page_size": "PAGE_SIZE_NEGATIVE",
-            "page_token": "PAGE_TOKEN_MALFORMED",
-            "read_model": "UNKNOWN_ENUM_VALUE",
-            "max_messages": "MAX_MESSAGES_NEGATIVE",
-        })
+        assert_invalid(
+            err,
+            {
+                "event_id": "INVALID_UUID",
+                "page_size": "PAGE_SIZE_NEGATIVE",
+                "page_token": "PAGE_TOKEN_MALFORMED",
+                "read_model": "UNKNOWN_ENUM_VALUE",
+                "max_messages": "MAX_MESSAGES_NEGATIVE",
+            },
+        )
 
     async def test_list_reports_every_bad_field(self, client: Client) -> None:
         """ListMessages reports an empty event_id, negative page_size and unknown model together."""
         err = await list_error(client, uuid.uuid4(), event_id="", page_size=-5, read_model=9)
-        assert_invalid(err, {"event_id": "REQUIRED", "page_size": "PAGE_SIZE_NEGATIVE",
-                             "read_model": "UNKNOWN_ENUM_VALUE"})
+        assert_invalid(
+            err,
+            {
+                "event_id": "REQUIRED",
+                "page_size": "PAGE_SIZE_NEGATIVE",
+                "read_model": "UNKNOWN_ENUM_VALUE",
+            },
+        )
 
     async def test_validation_precedes_access_check(self, client: Client, world: World) -> None:
         """A non-guest sending a bad page_size learns about the page_size, not about access."""
@@ -172,14 +199,16 @@ class TestInvalidArgument:
 
 
 class TestNeverInternal:
-    @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(event_id=st.text(max_size=80) | st.uuids().map(str) | st.uuids().map(lambda u: u.hex))
     async def test_arbitrary_event_id(self, client: Client, event_id: str) -> None:
         """Any event_id string is either a UUID (then PERMISSION_DENIED) or INVALID_ARGUMENT."""
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.feed.ListMessages(
-                feed_pb2.ListMessagesRequest(event_id=event_id), metadata=Client.auth(uuid.uuid4()))
+                feed_pb2.ListMessagesRequest(event_id=event_id), metadata=Client.auth(uuid.uuid4())
+            )
         err = caught.value
         try:
             uuid.UUID(event_id)
@@ -188,8 +217,9 @@ class TestNeverInternal:
         else:
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED, (err.code(), err.details())
 
-    @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(page_size=st.integers(-(2**31), 2**31 - 1) | st.integers(-3, 8))
     async def test_arbitrary_page_size(
         self, client: Client, guest_feed: tuple[uuid.UUID, uuid.UUID, int], page_size: int
@@ -207,10 +237,15 @@ class TestNeverInternal:
         assert len(resp.messages) == min(size, total)
         assert bool(resp.next_page_token) == (size < total)
 
-    @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(token=st.text(max_size=120) | st.binary(min_size=40, max_size=80).map(
-        lambda b: __import__("base64").urlsafe_b64encode(b).rstrip(b"=").decode()))
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        token=st.text(max_size=120)
+        | st.binary(min_size=40, max_size=80).map(
+            lambda b: __import__("base64").urlsafe_b64encode(b).rstrip(b"=").decode()
+        )
+    )
     async def test_arbitrary_page_token(
         self, client: Client, guest_feed: tuple[uuid.UUID, uuid.UUID, int], token: str
     ) -> None:
@@ -243,8 +278,10 @@ class TestErrorMap:
     def test_every_domain_error_class_is_mapped(self) -> None:
         """Each GuestFeedError subclass in errors.py has a code (none falls through to INTERNAL)."""
         defined = {
-            obj for obj in vars(errors).values()
-            if isinstance(obj, type) and issubclass(obj, errors.GuestFeedError)
+            obj
+            for obj in vars(errors).values()
+            if isinstance(obj, type)
+            and issubclass(obj, errors.GuestFeedError)
             and obj is not errors.GuestFeedError
         }
         assert defined == set(CODES)
@@ -262,13 +299,17 @@ class TestErrorMap:
         info = error_details_pb2.ErrorInfo()
         infos[0].Unpack(info)
         assert (info.reason, info.domain, dict(info.metadata)) == (
-            "SOME_REASON", "guestfeed.v1", {"k": "v"})
+            "SOME_REASON",
+            "guestfeed.v1",
+            {"k": "v"},
+        )
         assert not any(d.Is(error_details_pb2.BadRequest.DESCRIPTOR) for d in status.details)
 
     def test_invalid_argument_carries_bad_request(self) -> None:
         """InvalidArgument.of puts every violation, in order, into a BadRequest detail."""
         err = errors.InvalidArgument.of(
-            errors.FieldViolation("a", "is bad", "A_BAD"), errors.FieldViolation("b", "is worse"))
+            errors.FieldViolation("a", "is bad", "A_BAD"), errors.FieldViolation("b", "is worse")
+        )
         code, status = grpc_errors.to_status(err)
         assert code == INVALID
         assert status.message == "a: is bad; b: is worse"
@@ -276,7 +317,9 @@ class TestErrorMap:
         [packed] = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]
         packed.Unpack(bad)
         assert [(v.field, v.description, v.reason) for v in bad.field_violations] == [
-            ("a", "is bad", "A_BAD"), ("b", "is worse", "")]
+            ("a", "is bad", "A_BAD"),
+            ("b", "is worse", ""),
+        ]
 
     def test_subclass_maps_to_its_parents_code(self) -> None:
         """A subclass of a mapped error takes its parent's code."""
@@ -287,36 +330,52 @@ class TestErrorMap:
         code, _ = grpc_errors.to_status(TokenRevoked("revoked", "TOKEN_REVOKED"))
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
-    @pytest.mark.parametrize("exc", [
-        ValueError("x"), KeyError("k"), AttributeError("a"), ZeroDivisionError(), AssertionError(),
-        asyncpg.exceptions.UndefinedColumnError("column does not exist"),
-        asyncpg.exceptions.SyntaxOrAccessError("syntax"),
-        asyncpg.exceptions.LockNotAvailableError("lock"),
-        asyncpg.exceptions.ObjectInUseError("in use"),
-    ], ids=lambda e: type(e).__name__)
+    @pytest.mark.parametrize(
+        "exc",
+        [
+            ValueError("x"),
+            KeyError("k"),
+            AttributeError("a"),
+            ZeroDivisionError(),
+            AssertionError(),
+            asyncpg.exceptions.UndefinedColumnError("column does not exist"),
+            asyncpg.exceptions.SyntaxOrAccessError("syntax"),
+            asyncpg.exceptions.LockNotAvailableError("lock"),
+            asyncpg.exceptions.ObjectInUseError("in use"),
+        ],
+        ids=lambda e: type(e).__name__,
+    )
     def test_bugs_are_not_classified(self, exc: BaseException) -> None:
         """Programming errors and SQL mistakes classify as None (a bug, hence INTERNAL)."""
         assert grpc_errors.classify(exc, None) is None
 
-    @pytest.mark.parametrize("exc", [
-        ConnectionRefusedError(), OSError("network down"),
-        asyncpg.exceptions.ConnectionDoesNotExistError("gone"),
-        asyncpg.exceptions.CannotConnectNowError("starting up"),
-        asyncpg.exceptions.TooManyConnectionsError("full"),
-        asyncpg.exceptions.InterfaceError("closed"),
-        asyncpg.exceptions.AdminShutdownError("terminating connection"),
-        asyncpg.exceptions.CrashShutdownError("crash"),
-        asyncpg.exceptions.DatabaseDroppedError("dropped"),
-        asyncpg.exceptions.ObjectNotInPrerequisiteStateError("not accepting connections"),
-    ], ids=lambda e: type(e).__name__)
+    @pytest.mark.parametrize(
+        "exc",
+        [
+            ConnectionRefusedError(),
+            OSError("network down"),
+            asyncpg.exceptions.ConnectionDoesNotExistError("gone"),
+            asyncpg.exceptions.CannotConnectNowError("starting up"),
+            asyncpg.exceptions.TooManyConnectionsError("full"),
+            asyncpg.exceptions.InterfaceError("closed"),
+            asyncpg.exceptions.AdminShutdownError("terminating connection"),
+            asyncpg.exceptions.CrashShutdownError("crash"),
+            asyncpg.exceptions.DatabaseDroppedError("dropped"),
+            asyncpg.exceptions.ObjectNotInPrerequisiteStateError("not accepting connections"),
+        ],
+        ids=lambda e: type(e).__name__,
+    )
     def test_connection_failures_are_unavailable(self, exc: BaseException) -> None:
         """Connection-level database failures classify as Unavailable (retryable)."""
         err = grpc_errors.classify(exc, 10.0)
         assert isinstance(err, errors.Unavailable)
         assert err.reason == "DATABASE_UNAVAILABLE"
 
-    @pytest.mark.parametrize("exc", [TimeoutError(), asyncpg.exceptions.QueryCanceledError("c")],
-                             ids=lambda e: type(e).__name__)
+    @pytest.mark.parametrize(
+        "exc",
+        [TimeoutError(), asyncpg.exceptions.QueryCanceledError("c")],
+        ids=lambda e: type(e).__name__,
+    )
     def test_timeouts_split_on_the_deadline(self, exc: BaseException) -> None:
         """A timeout with the deadline spent is DEADLINE_EXCEEDED, else UNAVAILABLE (slow DB)."""
         assert isinstance(grpc_errors.classify(exc, 0.0), errors.DeadlineExceeded)
@@ -343,11 +402,16 @@ async def broken_client(admin_dsn: str) -> AsyncIterator[Client]:
     """A server whose rollout policy raises an unexpected exception."""
     pool = await asyncpg.create_pool(admin_dsn, min_size=1, max_size=2)
     assert pool is not None
-    app = await server_mod.start(conftest.test_settings(), pool, SECRET, listen="127.0.0.1:0",
-                                 rollout=BrokenPolicy())
+    app = await server_mod.start(
+        conftest.test_settings(), pool, SECRET, listen="127.0.0.1:0", rollout=BrokenPolicy()
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    yield Client(channel, feed_pb2_grpc.GuestFeedServiceStub(channel),
-                 rollout_pb2_grpc.RolloutServiceStub(channel), app)
+    yield Client(
+        channel,
+        feed_pb2_grpc.GuestFeedServiceStub(channel),
+        rollout_pb2_grpc.RolloutServiceStub(channel),
+        app,
+    )
     await channel.close()
     await app.stop()
 
@@ -358,11 +422,14 @@ class TestBugsBecomeInternal:
     ) -> None:
         """A unary bug is INTERNAL 'internal error' to the caller; the traceback goes to the log."""
         user = uuid.uuid4()
-        with caplog.at_level(logging.ERROR, logger="guestfeed_server.grpc_errors"), \
-                pytest.raises(grpc.aio.AioRpcError) as caught:
+        with (
+            caplog.at_level(logging.ERROR, logger="guestfeed_server.grpc_errors"),
+            pytest.raises(grpc.aio.AioRpcError) as caught,
+        ):
             await broken_client.rollout.GetReadModel(
                 rollout_pb2.GetReadModelRequest(event_id=str(uuid.uuid4()), user_id=str(user)),
-                metadata=Client.auth(user))
+                metadata=Client.auth(user),
+            )
         err = caught.value
         assert err.code() == grpc.StatusCode.INTERNAL
         assert err.details() == "internal error"
@@ -378,7 +445,8 @@ class TestBugsBecomeInternal:
         event = await world.event()
         user, _ = await world.member(event)
         call = broken_client.feed.StreamMessages(
-            feed_pb2.StreamMessagesRequest(event_id=str(event)), metadata=Client.auth(user))
+            feed_pb2.StreamMessagesRequest(event_id=str(event)), metadata=Client.auth(user)
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in call:
                 raise AssertionError("no page before the failure")
@@ -400,7 +468,8 @@ class TestBugsBecomeInternal:
         user, _ = await world.member(event)
         resp = await broken_client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), read_model=feed_pb2.READ_MODEL_V2),
-            metadata=Client.auth(user))
+            metadata=Client.auth(user),
+        )
         assert resp.read_model == feed_pb2.READ_MODEL_V2
 
 
@@ -432,7 +501,8 @@ class TestDatabaseOutage:
                 await root.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
                 await root.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                    name)
+                    name,
+                )
                 # Every call fails the same way: the first meets a dead pooled
                 # connection, later ones a refused reconnect.
                 for _ in range(3):

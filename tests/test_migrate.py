@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from guestfeed_server.migrate import (
     INDEXES,
     PRODUCTION_TABLES,

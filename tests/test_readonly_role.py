@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from guestfeed.v1 import feed_pb2
 from guestfeed_server.migrate import PRODUCTION_TABLES
 

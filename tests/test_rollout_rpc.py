@@ -6,11 +6,12 @@ import uuid
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_server.auth import Role
 from guestfeed_server.bucketing import bucket
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from .conftest import Client
 from .factory import World
@@ -35,8 +36,9 @@ async def rollout_error(
 
 
 class TestGetReadModel:
-    @settings(max_examples=20, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(event=st.uuids(), user=st.uuids())
     async def test_self_gets_v1_and_the_pairs_bucket(
         self, client: Client, event: uuid.UUID, user: uuid.UUID
@@ -51,7 +53,8 @@ class TestGetReadModel:
         """Uppercase ids name the same pair: same bucket as their canonical lowercase form."""
         event, user = uuid.uuid4(), uuid.uuid4()
         upper = await get_read_model(
-            client, str(event).upper(), str(user).upper(), Client.auth(user))
+            client, str(event).upper(), str(user).upper(), Client.auth(user)
+        )
         lower = await get_read_model(client, str(event), str(user), Client.auth(user))
         assert upper.bucket == lower.bucket == bucket(str(event), str(user))
 
@@ -63,7 +66,9 @@ class TestGetReadModel:
         for user in (guest, stranger):
             resp = await get_read_model(client, str(event), str(user), Client.auth(user))
             assert (resp.read_model, resp.bucket) == (
-                feed_pb2.READ_MODEL_V1, bucket(str(event), str(user)))
+                feed_pb2.READ_MODEL_V1,
+                bucket(str(event), str(user)),
+            )
 
     async def test_other_user_with_authenticated_token_is_denied(self, client: Client) -> None:
         """An authenticated user may not ask about someone else: PERMISSION_DENIED."""
@@ -79,7 +84,8 @@ class TestGetReadModel:
         """A service_role token may ask about any user and gets that user's bucket."""
         service, other, event = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
         resp = await get_read_model(
-            client, str(event), str(other), Client.auth(service, Role.SERVICE_ROLE))
+            client, str(event), str(other), Client.auth(service, Role.SERVICE_ROLE)
+        )
         assert resp.read_model == feed_pb2.READ_MODEL_V1
         assert resp.bucket == bucket(str(event), str(other))
 
@@ -114,7 +120,8 @@ class TestGetReadModel:
     async def test_validation_precedes_the_self_check(self, client: Client) -> None:
         """A non-UUID user_id is INVALID_ARGUMENT for any caller, not PERMISSION_DENIED."""
         err = await rollout_error(
-            client, str(uuid.uuid4()), "someone-else", Client.auth(uuid.uuid4()))
+            client, str(uuid.uuid4()), "someone-else", Client.auth(uuid.uuid4())
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     async def test_no_token_is_unauthenticated(self, client: Client) -> None:
@@ -144,10 +151,12 @@ class TestFeedReadModelDefault:
         """ListMessages with read_model UNSPECIFIED is served by V1 (Phase 0), with v1's content."""
         event, user = await self._guest_with_feed(world)
         resp = await client.feed.ListMessages(
-            feed_pb2.ListMessagesRequest(event_id=str(event)), metadata=Client.auth(user))
+            feed_pb2.ListMessagesRequest(event_id=str(event)), metadata=Client.auth(user)
+        )
         assert resp.read_model == feed_pb2.READ_MODEL_V1
         assert [m.message_id for m in resp.messages] == [
-            str(e.message_id) for e in feed(world, event, user, "v1")]
+            str(e.message_id) for e in feed(world, event, user, "v1")
+        ]
 
     @pytest.mark.parametrize("model", ["v1", "v2"])
     async def test_explicit_model_is_served(self, client: Client, world: World, model: str) -> None:
@@ -155,15 +164,20 @@ class TestFeedReadModelDefault:
         event, user = await self._guest_with_feed(world)
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), read_model=MODELS[model]),
-            metadata=Client.auth(user))
+            metadata=Client.auth(user),
+        )
         assert resp.read_model == MODELS[model]
         assert [m.message_id for m in resp.messages] == [
-            str(e.message_id) for e in feed(world, event, user, model)]
+            str(e.message_id) for e in feed(world, event, user, model)
+        ]
 
-    @pytest.mark.parametrize(("requested", "served"), [
-        (feed_pb2.READ_MODEL_UNSPECIFIED, feed_pb2.READ_MODEL_V1),
-        (feed_pb2.READ_MODEL_V2, feed_pb2.READ_MODEL_V2),
-    ])
+    @pytest.mark.parametrize(
+        ("requested", "served"),
+        [
+            (feed_pb2.READ_MODEL_UNSPECIFIED, feed_pb2.READ_MODEL_V1),
+            (feed_pb2.READ_MODEL_V2, feed_pb2.READ_MODEL_V2),
+        ],
+    )
     async def test_stream_reports_the_serving_model_on_every_response(
         self, client: Client, world: World, requested: int, served: int
     ) -> None:
@@ -171,7 +185,8 @@ class TestFeedReadModelDefault:
         event, user = await self._guest_with_feed(world)
         call = client.feed.StreamMessages(
             feed_pb2.StreamMessagesRequest(event_id=str(event), page_size=1, read_model=requested),  # type: ignore[arg-type]
-            metadata=Client.auth(user))
+            metadata=Client.auth(user),
+        )
         responses = [r async for r in call]
         assert len(responses) >= 3
         assert {r.read_model for r in responses} == {served}
@@ -180,13 +195,16 @@ class TestFeedReadModelDefault:
         """Resuming a V2 token with read_model UNSPECIFIED stays on V2 (the token's model)."""
         event, user = await self._guest_with_feed(world)
         first = await client.feed.ListMessages(
-            feed_pb2.ListMessagesRequest(event_id=str(event), page_size=2,
-                                         read_model=feed_pb2.READ_MODEL_V2),
-            metadata=Client.auth(user))
+            feed_pb2.ListMessagesRequest(
+                event_id=str(event), page_size=2, read_model=feed_pb2.READ_MODEL_V2
+            ),
+            metadata=Client.auth(user),
+        )
         assert first.next_page_token
         rest = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), page_token=first.next_page_token),
-            metadata=Client.auth(user))
+            metadata=Client.auth(user),
+        )
         assert rest.read_model == feed_pb2.READ_MODEL_V2
         expected = [str(e.message_id) for e in feed(world, event, user, "v2")]
         assert [m.message_id for m in (*first.messages, *rest.messages)] == expected

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 import pytest
-from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 
 from .conftest import Client
 from .factory import World
@@ -72,13 +73,25 @@ async def mixed(admin_pool: asyncpg.Pool) -> Feed:
 
 
 def as_tuple(m: feed_pb2.GuestMessage) -> tuple[object, ...]:
-    return (m.message_id, m.message_type, m.is_own_message, m.is_delivery_backed,
-            m.delivery_status, m.sender_name)
+    return (
+        m.message_id,
+        m.message_type,
+        m.is_own_message,
+        m.is_delivery_backed,
+        m.delivery_status,
+        m.sender_name,
+    )
 
 
 def expected_tuple(e: Expected) -> tuple[object, ...]:
-    return (str(e.message_id), TYPES[e.type], e.is_own, e.is_delivery_backed,
-            e.delivery_status, e.sender_name)
+    return (
+        str(e.message_id),
+        TYPES[e.type],
+        e.is_own,
+        e.is_delivery_backed,
+        e.delivery_status,
+        e.sender_name,
+    )
 
 
 async def stream(
@@ -86,7 +99,8 @@ async def stream(
 ) -> list[feed_pb2.StreamMessagesResponse]:
     """Every response of one StreamMessages call."""
     request = feed_pb2.StreamMessagesRequest(
-        event_id=str(event), read_model=MODELS[model] if model else 0, **fields)  # type: ignore[arg-type]
+        event_id=str(event), read_model=MODELS[model] if model else 0, **fields
+    )  # type: ignore[arg-type]
     return [r async for r in client.feed.StreamMessages(request, metadata=Client.auth(user))]
 
 
@@ -97,9 +111,11 @@ async def rest_from(
     out: list[str] = []
     while True:
         resp = await client.feed.ListMessages(
-            feed_pb2.ListMessagesRequest(event_id=str(event), page_size=page_size, page_token=token,
-                                         read_model=MODELS[model]),
-            metadata=Client.auth(user))
+            feed_pb2.ListMessagesRequest(
+                event_id=str(event), page_size=page_size, page_token=token, read_model=MODELS[model]
+            ),
+            metadata=Client.auth(user),
+        )
         out.extend(m.message_id for m in resp.messages)
         token = resp.next_page_token
         if not token:
@@ -142,8 +158,12 @@ class TestWholeFeed:
         for r in responses:
             seen += len(r.messages)
             if seen < len(want):
-                assert await rest_from(client, mixed.event, mixed.user, model,
-                                       r.next_page_token, page_size=3) == want[seen:]
+                assert (
+                    await rest_from(
+                        client, mixed.event, mixed.user, model, r.next_page_token, page_size=3
+                    )
+                    == want[seen:]
+                )
             else:
                 assert r.next_page_token == ""
 
@@ -176,10 +196,14 @@ class TestWholeFeed:
 
 
 class TestMaxMessages:
-    @settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(model=st.sampled_from(list(MODELS)), page_size=st.integers(1, 8),
-           max_messages=st.integers(0, 25))
+    @settings(
+        max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(
+        model=st.sampled_from(list(MODELS)),
+        page_size=st.integers(1, 8),
+        max_messages=st.integers(0, 25),
+    )
     @example(model="v1", page_size=3, max_messages=6)  # a multiple of the page size
     @example(model="v2", page_size=3, max_messages=7)  # not a multiple
     @example(model="v2", page_size=5, max_messages=22)  # exactly the whole history
@@ -192,8 +216,9 @@ class TestMaxMessages:
         """max_messages=N sends exactly the first N (0: all); the last token resumes at N+1."""
         want = expected_ids(mixed, model)
         n = len(want) if max_messages == 0 else min(max_messages, len(want))
-        responses = await stream(client, mixed.event, mixed.user, model,
-                                 page_size=page_size, max_messages=max_messages)
+        responses = await stream(
+            client, mixed.event, mixed.user, model, page_size=page_size, max_messages=max_messages
+        )
         assert ids(responses) == want[:n]
         sizes = [len(r.messages) for r in responses]
         assert all(s == page_size for s in sizes[:-1])
@@ -209,8 +234,9 @@ class TestMaxMessages:
         self, client: Client, mixed: Feed
     ) -> None:
         """A max_messages above the feed's length streams it all, ending with an empty token."""
-        responses = await stream(client, mixed.event, mixed.user, "v2", page_size=6,
-                                 max_messages=1000)
+        responses = await stream(
+            client, mixed.event, mixed.user, "v2", page_size=6, max_messages=1000
+        )
         assert ids(responses) == expected_ids(mixed, "v2")
         assert [len(r.messages) for r in responses] == [6, 6, 6, 4]
         assert responses[-1].next_page_token == ""
@@ -220,9 +246,11 @@ async def mixed_list(
     client: Client, f: Feed, model: str, token: str, page_size: int
 ) -> feed_pb2.ListMessagesResponse:
     return await client.feed.ListMessages(
-        feed_pb2.ListMessagesRequest(event_id=str(f.event), page_size=page_size, page_token=token,
-                                     read_model=MODELS[model]),
-        metadata=Client.auth(f.user))
+        feed_pb2.ListMessagesRequest(
+            event_id=str(f.event), page_size=page_size, page_token=token, read_model=MODELS[model]
+        ),
+        metadata=Client.auth(f.user),
+    )
 
 
 class TestStartPoint:
@@ -235,16 +263,24 @@ class TestStartPoint:
         want = expected_ids(mixed, model)
         first = await mixed_list(client, mixed, model, "", page_size=skip)
         assert [m.message_id for m in first.messages] == want[:skip]
-        responses = await stream(client, mixed.event, mixed.user, model, page_size=4,
-                                 page_token=first.next_page_token)
+        responses = await stream(
+            client, mixed.event, mixed.user, model, page_size=4, page_token=first.next_page_token
+        )
         assert ids(responses) == want[skip:]
 
     async def test_page_token_and_max_messages_combine(self, client: Client, mixed: Feed) -> None:
         """From a token, max_messages counts from the start point."""
         want = expected_ids(mixed, "v2")
         first = await mixed_list(client, mixed, "v2", "", page_size=5)
-        responses = await stream(client, mixed.event, mixed.user, "v2", page_size=3,
-                                 page_token=first.next_page_token, max_messages=7)
+        responses = await stream(
+            client,
+            mixed.event,
+            mixed.user,
+            "v2",
+            page_size=3,
+            page_token=first.next_page_token,
+            max_messages=7,
+        )
         assert ids(responses) == want[5:12]
         after = await mixed_list(client, mixed, "v2", responses[-1].next_page_token, page_size=50)
         assert [m.message_id for m in after.messages] == want[12:]
@@ -253,8 +289,9 @@ class TestStartPoint:
         """A stream with read_model UNSPECIFIED resumes a V2 token on V2."""
         want = expected_ids(mixed, "v2")
         first = await mixed_list(client, mixed, "v2", "", page_size=10)
-        responses = await stream(client, mixed.event, mixed.user, None, page_size=5,
-                                 page_token=first.next_page_token)
+        responses = await stream(
+            client, mixed.event, mixed.user, None, page_size=5, page_token=first.next_page_token
+        )
         assert {r.read_model for r in responses} == {feed_pb2.READ_MODEL_V2}
         assert ids(responses) == want[10:]
 
@@ -285,21 +322,25 @@ async def long_feed(world: World) -> AsyncIterator[tuple[World, uuid.UUID, uuid.
 async def slow_reader(client: Client) -> AsyncIterator[feed_pb2_grpc.GuestFeedServiceStub]:
     """A stub on a channel with a fixed 64 KiB flow-control window."""
     channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{client.app.port}", options=[("grpc.http2.bdp_probe", 0)])
+        f"127.0.0.1:{client.app.port}", options=[("grpc.http2.bdp_probe", 0)]
+    )
     yield feed_pb2_grpc.GuestFeedServiceStub(channel)
     await channel.close()
 
 
 class TestCancellationAndAccess:
     async def test_cancel_mid_stream_leaves_server_healthy(
-        self, client: Client, long_feed: tuple[World, uuid.UUID, uuid.UUID, uuid.UUID],
+        self,
+        client: Client,
+        long_feed: tuple[World, uuid.UUID, uuid.UUID, uuid.UUID],
         slow_reader: feed_pb2_grpc.GuestFeedServiceStub,
     ) -> None:
         """Cancelling after one page ends the call CANCELLED; the server frees it and serves on."""
         world, event, user, _ = long_feed
         call = slow_reader.StreamMessages(
             feed_pb2.StreamMessagesRequest(event_id=str(event), page_size=2),
-            metadata=Client.auth(user))
+            metadata=Client.auth(user),
+        )
         first = await call.read()
         assert isinstance(first, feed_pb2.StreamMessagesResponse) and len(first.messages) == 2
         assert call.cancel()
@@ -316,21 +357,26 @@ class TestCancellationAndAccess:
         assert pool.get_idle_size() == pool.get_size()
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), page_size=50),
-            metadata=Client.auth(user))
+            metadata=Client.auth(user),
+        )
         assert [m.message_id for m in resp.messages] == [
-            str(e.message_id) for e in feed(world, event, user, "v1")]
+            str(e.message_id) for e in feed(world, event, user, "v1")
+        ]
 
     async def test_guest_removed_mid_stream_is_denied_at_a_later_page(
-        self, long_feed: tuple[World, uuid.UUID, uuid.UUID, uuid.UUID],
+        self,
+        long_feed: tuple[World, uuid.UUID, uuid.UUID, uuid.UUID],
         slow_reader: feed_pb2_grpc.GuestFeedServiceStub,
     ) -> None:
         """A guest removed while streaming gets PERMISSION_DENIED instead of the rest."""
         world, event, user, guest = long_feed
         want = [str(e.message_id) for e in feed(world, event, user, "v2")]
         call = slow_reader.StreamMessages(
-            feed_pb2.StreamMessagesRequest(event_id=str(event), page_size=2,
-                                           read_model=feed_pb2.READ_MODEL_V2),
-            metadata=Client.auth(user))
+            feed_pb2.StreamMessagesRequest(
+                event_id=str(event), page_size=2, read_model=feed_pb2.READ_MODEL_V2
+            ),
+            metadata=Client.auth(user),
+        )
         first = await call.read()
         assert isinstance(first, feed_pb2.StreamMessagesResponse)
         got = [m.message_id for m in first.messages]
