@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
 from .errors import RPCError
@@ -84,6 +85,57 @@ class GuestFeedClient:
         request = rollout_pb2.GetReadModelRequest(event_id=event_id, user_id=user_id)
         try:
             return await self._rollout.GetReadModel(
+                request, metadata=self._metadata(), timeout=self._timeout
+            )
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None
+
+    async def get_rollout_config(self) -> rollout_pb2.RolloutConfig:
+        """The stored rollout configuration (service_role only)."""
+        try:
+            response = await self._rollout.GetRolloutConfig(
+                rollout_pb2.GetRolloutConfigRequest(),
+                metadata=self._metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None
+        return response.config
+
+    async def update_rollout_config(
+        self, config: rollout_pb2.RolloutConfig, *, expected_revision: int, reason: str
+    ) -> rollout_pb2.RolloutConfig:
+        """Replaces the config if `expected_revision` is current (else ABORTED)."""
+        request = rollout_pb2.UpdateRolloutConfigRequest(
+            config=config, expected_revision=expected_revision, reason=reason
+        )
+        try:
+            response = await self._rollout.UpdateRolloutConfig(
+                request, metadata=self._metadata(), timeout=self._timeout
+            )
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None
+        return response.config
+
+    async def list_rollout_changes(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> rollout_pb2.ListRolloutChangesResponse:
+        """One page of the rollout audit log, newest first."""
+        request = rollout_pb2.ListRolloutChangesRequest(page_size=page_size, page_token=page_token)
+        try:
+            return await self._rollout.ListRolloutChanges(
+                request, metadata=self._metadata(), timeout=self._timeout
+            )
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None
+
+    async def preview_rollout_change(
+        self, config: rollout_pb2.RolloutConfig, *, max_events: int = 0
+    ) -> rollout_pb2.PreviewRolloutChangeResponse:
+        """Which guests and events a proposed config would move; changes nothing."""
+        request = rollout_pb2.PreviewRolloutChangeRequest(config=config, max_events=max_events)
+        try:
+            return await self._rollout.PreviewRolloutChange(
                 request, metadata=self._metadata(), timeout=self._timeout
             )
         except grpc.RpcError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 
 from .aio import TokenSource

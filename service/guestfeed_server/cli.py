@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from . import cli_bench, db
+from . import cli_bench, cli_rollout, db
 from .auth import Role, mint
 from .config import ConfigError, Settings, parse_listen
 from .migrate import MigrationError, migrate, missing_versions
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     tok.set_defaults(func=_token)
     cli_bench.register(sub)
+    cli_rollout.register(sub)
     return parser
 
 

@@ -1,0 +1,405 @@
+"""`guestfeed rollout`: read and change the rollout config of a running server.
+
+Every subcommand goes over RolloutService's RPCs with a short-lived
+service_role token, minted from the configured secret unless `--token` is
+given; it never touches the database itself. Changes are read-modify-write on
+`expected_revision`, so two operators never overwrite each other silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import grpc
+
+from guestfeed.v1 import rollout_pb2
+from guestfeed_client import GuestFeedClient, RPCError
+
+from . import db
+from .auth import Role, mint
+from .cli_rollout_format import (
+    MODELS,
+    Config,
+    config_dict,
+    config_diff,
+    format_config,
+    iso,
+    table,
+    when,
+)
+from .config import ConfigError, Settings, parse_listen
+
+PROG = "guestfeed rollout"
+# A conflicting writer between our read and our write costs one more round trip.
+MAX_RETRIES = 3
+TOKEN_TTL_S = 300
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
+
+
+@dataclass
+class Console:
+    """Where a command writes, and how."""
+
+    out: TextIO
+    err: TextIO
+    json: bool
+    target: str
+
+    def emit(self, data: object, text: str) -> None:
+        """Prints `data` as JSON with --json, else the human-readable `text`."""
+        print(json.dumps(data, indent=2) if self.json else text.rstrip("\n"), file=self.out)
+
+    def note(self, text: str) -> None:
+        """A remark for the person at the terminal (stderr, never in --json output)."""
+        print(f"{PROG}: {text}", file=self.err)
+
+
+Command = Callable[[argparse.Namespace, GuestFeedClient, Console], Awaitable[int]]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Registers `rollout` and its subcommands on the `guestfeed` parser."""
+    rollout = sub.add_parser(
+        "rollout",
+        help="show or change the read-model rollout of a running server",
+        description="Read and change the rollout config of a running server over gRPC.",
+    )
+    _connection_options(rollout, suppress=False)
+    rollout.set_defaults(func=run)
+    cmds = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Command, help_: str) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help_, description=help_)
+        # Accepted after the subcommand too; SUPPRESS keeps a value given before it.
+        _connection_options(p, suppress=True)
+        p.set_defaults(rollout_run=fn)
+        return p
+
+    command("status", _status, "show the stored rollout config")
+    p = command("set", _set, "set the v2 percentage")
+    p.add_argument("--percentage", type=int, required=True, metavar="N", help="0-100")
+    _reason(p)
+    _reason(command("enable", _enable, "turn the stored kill switch off: v2 may be served"))
+    _reason(command("kill", _kill, "turn the stored kill switch on: everyone gets v1"))
+    p = command("override", _override, "force a user or an event to v1 or v2, or clear that")
+    p.add_argument("kind", choices=("user", "event"))
+    p.add_argument("id", type=uuid.UUID, metavar="UUID")
+    p.add_argument("model", choices=("v1", "v2", "clear"))
+    _reason(p)
+    p = command("history", _history, "list the audit log, newest first")
+    p.add_argument("--limit", type=_positive, default=20, metavar="N", help="default 20")
+    p = command("preview", _preview, "how many guests a change would move, changing nothing")
+    p.add_argument("--percentage", type=int, metavar="N", help="propose v2_percentage N")
+    switch = p.add_mutually_exclusive_group()
+    switch.add_argument("--enable", action="store_true", help="propose v2_enabled=true")
+    switch.add_argument("--kill", action="store_true", help="propose v2_enabled=false")
+    for kind in ("user", "event"):
+        p.add_argument(
+            f"--override-{kind}",
+            action="append",
+            default=[],
+            type=_override_arg,
+            metavar="UUID=v1|v2|clear",
+            help=f"propose an override for this {kind} (repeatable)",
+        )
+    p.add_argument("--max-events", type=_positive, default=20, metavar="N", help="default 20")
+
+
+def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        default=default(None),
+        help="the server (default: GUESTFEED_LISTEN, else 127.0.0.1:50051)",
+    )
+    p.add_argument(
+        "--token", default=default(None), help="a service_role JWT to use instead of minting one"
+    )
+    p.add_argument(
+        "--user",
+        type=uuid.UUID,
+        default=default(None),
+        metavar="UUID",
+        help="the minted token's sub, which the audit log records (default: from your login)",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+
+
+def _reason(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why, for the audit log")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _override_arg(text: str) -> tuple[str, str]:
+    ident, sep, model = text.partition("=")
+    try:
+        key = str(uuid.UUID(ident))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected UUID=v1|v2|clear, got {text!r}") from None
+    if not sep or model not in ("v1", "v2", "clear"):
+        raise argparse.ArgumentTypeError(f"expected UUID=v1|v2|clear, got {text!r}")
+    return key, model
+
+
+def run(settings: Settings, ns: argparse.Namespace) -> int:
+    """Runs a `guestfeed rollout` subcommand against `--target`."""
+    target = ns.target or default_target(settings.listen)
+    token = ns.token or mint(
+        _secret(settings), ns.user or _login_user(), role=Role.SERVICE_ROLE, ttl_s=TOKEN_TTL_S
+    )
+    console = Console(out=sys.stdout, err=sys.stderr, json=ns.json, target=target)
+
+    async def main() -> int:
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await execute(ns, GuestFeedClient(channel, token), console)
+
+    return asyncio.run(main())
+
+
+async def execute(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    """Runs the parsed subcommand; an RPC failure is reported and gives exit code 1."""
+    command: Command = ns.rollout_run
+    try:
+        return await command(ns, client, console)
+    except RPCError as exc:
+        _report(exc, console)
+        return 1
+
+
+def default_target(listen: str) -> str:
+    """Where a local `guestfeed serve` listens: GUESTFEED_LISTEN, wildcards made local."""
+    host, port = parse_listen(listen)
+    return f"{_WILDCARD_HOSTS.get(host, host)}:{port}"
+
+
+def _secret(settings: Settings) -> str:
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    # embedded_secret would make a fresh secret no server knows; say what to do instead.
+    if not (settings.data_dir / "jwt_secret").exists():
+        raise ConfigError(
+            f"no JWT secret: set GUESTFEED_JWT_SECRET to the server's, point GUESTFEED_DATA_DIR "
+            f"at the folder `guestfeed serve` uses (now {settings.data_dir}), or pass --token"
+        )
+    return db.embedded_secret(settings.data_dir)
+
+
+def _login_user() -> uuid.UUID:
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        name = "unknown"
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"guestfeed-cli:{name}")
+
+
+def _report(exc: RPCError, console: Console) -> None:
+    # A server-made UNAVAILABLE carries ErrorInfo; a transport failure has none.
+    if exc.code is grpc.StatusCode.UNAVAILABLE and not exc.reason:
+        console.note(f"cannot reach {console.target}: {exc.message}")
+        console.note(f"is `guestfeed serve` running on {console.target}? (see --target)")
+        return
+    console.note(f"{exc.code.name}: {exc.message}")
+    for field, description in sorted(exc.field_violations.items()):
+        print(f"  {field}: {description}", file=console.err)
+    if exc.code is grpc.StatusCode.UNAUTHENTICATED:
+        console.note("hint: the token must be signed with the server's GUESTFEED_JWT_SECRET")
+
+
+# ---- commands
+
+
+async def _status(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    config = await client.get_rollout_config()
+    console.emit(config_dict(config), format_config(config))
+    return 0
+
+
+async def _set(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    def change(c: Config) -> None:
+        c.v2_percentage = ns.percentage
+
+    return await _write(ns, client, console, change)
+
+
+async def _enable(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    return await _write(ns, client, console, lambda c: setattr(c, "v2_enabled", True))
+
+
+async def _kill(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    return await _write(ns, client, console, lambda c: setattr(c, "v2_enabled", False))
+
+
+async def _override(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    def change(c: Config) -> None:
+        _apply_override(c, ns.kind, str(ns.id), ns.model)
+
+    return await _write(ns, client, console, change)
+
+
+def _apply_override(config: Config, kind: str, key: str, model: str) -> None:
+    overrides = config.user_overrides if kind == "user" else config.event_overrides
+    if model == "clear":
+        overrides.pop(key, None)
+    else:
+        overrides[key] = MODELS[model]
+
+
+async def _write(
+    ns: argparse.Namespace,
+    client: GuestFeedClient,
+    console: Console,
+    change: Callable[[Config], None],
+) -> int:
+    """Read, modify, write on the read revision; re-read and retry when someone came first."""
+    for attempt in range(MAX_RETRIES + 1):
+        current = await client.get_rollout_config()
+        proposed = Config()
+        proposed.CopyFrom(current)
+        change(proposed)
+        diff = config_diff(current, proposed)
+        if not diff:
+            console.emit(
+                {"changed": False, "retries": attempt, "config": config_dict(current)},
+                f"nothing to change: revision {current.revision} already says so",
+            )
+            return 0
+        try:
+            new = await client.update_rollout_config(
+                proposed, expected_revision=current.revision, reason=ns.reason
+            )
+        except RPCError as exc:
+            if exc.code is not grpc.StatusCode.ABORTED or attempt == MAX_RETRIES:
+                raise
+            console.note(
+                f"revision {current.revision} was changed by someone else meanwhile; "
+                f"re-reading and retrying ({attempt + 1}/{MAX_RETRIES})"
+            )
+            continue
+        console.emit(
+            {"changed": True, "retries": attempt, "config": config_dict(new)},
+            f"updated to revision {new.revision} (was {current.revision}): {', '.join(diff)}",
+        )
+        return 0
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _history(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    changes: list[rollout_pb2.RolloutChange] = []
+    token = ""
+    while len(changes) < ns.limit:
+        page = await client.list_rollout_changes(
+            page_size=min(ns.limit - len(changes), 200), page_token=token
+        )
+        changes.extend(page.changes)
+        token = page.next_page_token
+        if not token:
+            break
+    rows = [
+        [
+            str(c.revision),
+            when(c.changed_at),
+            c.changed_by,
+            " ".join(c.reason.split()),
+            ", ".join(config_diff(c.before, c.after)) or "(no change)",
+        ]
+        for c in changes
+    ]
+    text = table(["REVISION", "WHEN", "WHO", "REASON", "CHANGES"], rows) if rows else "no changes"
+    if token:
+        text += f"\n(older changes exist; raise --limit above {ns.limit} to see them)"
+    data = {
+        "changes": [
+            {
+                "revision": c.revision,
+                "changed_at": iso(c.changed_at),
+                "changed_by": c.changed_by,
+                "reason": c.reason,
+                "changes": config_diff(c.before, c.after),
+                "before": config_dict(c.before),
+                "after": config_dict(c.after),
+            }
+            for c in changes
+        ],
+        "more": bool(token),
+    }
+    console.emit(data, text)
+    return 0
+
+
+async def _preview(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
+    current = await client.get_rollout_config()
+    proposed = Config()
+    proposed.CopyFrom(current)
+    if ns.percentage is not None:
+        proposed.v2_percentage = ns.percentage
+    if ns.enable or ns.kill:
+        proposed.v2_enabled = bool(ns.enable)
+    for kind in ("user", "event"):
+        for key, model in getattr(ns, f"override_{kind}"):
+            _apply_override(proposed, kind, key, model)
+    diff = config_diff(current, proposed)
+    impact = await client.preview_rollout_change(proposed, max_events=ns.max_events)
+    totals = [
+        ["guests evaluated", str(impact.guests_evaluated)],
+        ["guests changing", str(impact.guests_changing)],
+        ["  to v2", str(impact.guests_to_v2)],
+        ["  to v1", str(impact.guests_to_v1)],
+        ["events changing", str(impact.events_changing)],
+    ]
+    lines = [
+        f"proposal against revision {impact.current_revision}: "
+        + (", ".join(diff) if diff else "no change"),
+        "",
+        table(None, totals),
+    ]
+    if impact.events:
+        events = [
+            [e.event_id, str(e.guests_changing), str(e.guests_to_v2), str(e.guests_to_v1)]
+            for e in impact.events
+        ]
+        lines += ["", table(["EVENT", "CHANGING", "TO V2", "TO V1"], events)]
+    if impact.events_changing > len(impact.events):
+        lines.append(
+            f"(showing {len(impact.events)} of {impact.events_changing} events, those with "
+            "the most changing guests; see --max-events)"
+        )
+    data = {
+        "current_revision": impact.current_revision,
+        "proposed": config_dict(proposed),
+        "changes": diff,
+        "guests_evaluated": impact.guests_evaluated,
+        "guests_changing": impact.guests_changing,
+        "guests_to_v2": impact.guests_to_v2,
+        "guests_to_v1": impact.guests_to_v1,
+        "events_changing": impact.events_changing,
+        "events": [
+            {
+                "event_id": e.event_id,
+                "guests_changing": e.guests_changing,
+                "guests_to_v2": e.guests_to_v2,
+                "guests_to_v1": e.guests_to_v1,
+            }
+            for e in impact.events
+        ],
+    }
+    console.emit(data, "\n".join(lines))
+    return 0

@@ -1,0 +1,110 @@
+"""Plain-text tables and JSON shapes for `guestfeed rollout` (no dependencies)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from guestfeed.v1 import feed_pb2, rollout_pb2
+
+Config = rollout_pb2.RolloutConfig
+MODELS = {"v1": feed_pb2.READ_MODEL_V1, "v2": feed_pb2.READ_MODEL_V2}
+_MODEL_NAMES: dict[int, str] = {v: k for k, v in MODELS.items()}
+
+
+def table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    all_rows = [list(headers), *map(list, rows)] if headers else [list(r) for r in rows]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in all_rows
+    )
+
+
+def format_config(config: Config) -> str:
+    """The config as a person reads it: settings, then each override list."""
+    lines = [
+        table(
+            None,
+            [
+                ["revision", str(config.revision)],
+                ["v2 enabled", "yes" if config.v2_enabled else "no (kill switch on: all v1)"],
+                ["v2 percentage", f"{config.v2_percentage}%"],
+                ["hash version", _hash_name(config.hash_version)],
+                ["updated at", when(config.updated_at)],
+                ["updated by", config.updated_by],
+            ],
+        )
+    ]
+    for kind, overrides in (("user", config.user_overrides), ("event", config.event_overrides)):
+        if not overrides:
+            lines += ["", f"{kind} overrides: none"]
+            continue
+        rows = [[k, _model_name(v)] for k, v in sorted(overrides.items())]
+        lines += ["", f"{kind} overrides ({len(rows)}):", table([kind.upper(), "MODEL"], rows)]
+    return "\n".join(lines)
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """The config as plain JSON values (ints stay numbers, enums become short names)."""
+    return {
+        "v2_enabled": config.v2_enabled,
+        "v2_percentage": config.v2_percentage,
+        "hash_version": _hash_name(config.hash_version),
+        "user_overrides": {k: _model_name(v) for k, v in sorted(config.user_overrides.items())},
+        "event_overrides": {k: _model_name(v) for k, v in sorted(config.event_overrides.items())},
+        "revision": config.revision,
+        "updated_at": iso(config.updated_at),
+        "updated_by": config.updated_by,
+    }
+
+
+def config_diff(before: Config, after: Config) -> list[str]:
+    """What a change does to the settable fields, e.g. `percentage 0->10`."""
+    out: list[str] = []
+    if before.v2_enabled != after.v2_enabled:
+        out.append(f"enabled {_yes(before.v2_enabled)}->{_yes(after.v2_enabled)}")
+    if before.v2_percentage != after.v2_percentage:
+        out.append(f"percentage {before.v2_percentage}->{after.v2_percentage}")
+    if before.hash_version != after.hash_version:
+        out.append(f"hash {_hash_name(before.hash_version)}->{_hash_name(after.hash_version)}")
+    for kind, old, new in (
+        ("user", before.user_overrides, after.user_overrides),
+        ("event", before.event_overrides, after.event_overrides),
+    ):
+        for key in sorted(set(old) | set(new)):
+            was, now = old.get(key), new.get(key)
+            if was != now:
+                out.append(f"{kind} {key} {_model_name(was)}->{_model_name(now)}")
+    return out
+
+
+def _yes(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _model_name(value: int | None) -> str:
+    return "none" if value is None else _MODEL_NAMES.get(value, f"unknown({value})")
+
+
+def _hash_name(value: int) -> str:
+    if value == rollout_pb2.HASH_VERSION_UNSPECIFIED:
+        return "unspecified"
+    try:
+        return rollout_pb2.HashVersion.Name(value).removeprefix("HASH_VERSION_").lower()
+    except ValueError:
+        return f"unknown({value})"
+
+
+def when(ts: Timestamp) -> str:
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso(ts: Timestamp) -> str | None:
+    return ts.ToDatetime(tzinfo=UTC).isoformat() if ts.seconds or ts.nanos else None
