@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from guestfeed.v1 import feed_pb2 as guestfeed_dot_v1_dot_feed__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aguestfeed/v1/rollout.proto\x12\x0cguestfeed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17guestfeed/v1/feed.proto\"8\n\x13GetReadModelRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x9a\x01\n\x14GetReadModelResponse\x12+\n\nread_model\x18\x01 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\x05\x12,\n\x06reason\x18\x03 \x01(\x0e\x32\x1c.guestfeed.v1.DecisionReason\x12\x17\n\x0f\x63onfig_revision\x18\x04 \x01(\x03\"\xf2\x03\n\rRolloutConfig\x12\x12\n\nv2_enabled\x18\x01 \x01(\x08\x12\x15\n\rv2_percentage\x18\x02 \x01(\x05\x12\x46\n\x0euser_overrides\x18\x03 \x03(\x0b\x32..guestfeed.v1.RolloutConfig.UserOverridesEntry\x12H\n\x0f\x65vent_overrides\x18\x04 \x03(\x0b\x32/.guestfeed.v1.RolloutConfig.EventOverridesEntry\x12/\n\x0chash_version\x18\x05 \x01(\x0e\x32\x19.guestfeed.v1.HashVersion\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x08 \x01(\t\x1aM\n\x12UserOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\x1aN\n\x13\x45ventOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\"\x19\n\x17GetRolloutConfigRequest\"G\n\x18GetRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"t\n\x1aUpdateRolloutConfigRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x1bUpdateRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"B\n\x19ListRolloutChangesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xce\x01\n\rRolloutChange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12+\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12*\n\x05\x61\x66ter\x18\x06 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"c\n\x1aListRolloutChangesResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.guestfeed.v1.RolloutChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1bPreviewRolloutChangeRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x12\n\nmax_events\x18\x02 \x01(\x05\"d\n\x0b\x45ventImpact\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0fguests_changing\x18\x02 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x04 \x01(\x03\"\xdb\x01\n\x1cPreviewRolloutChangeResponse\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x03\x12\x18\n\x10guests_evaluated\x18\x02 \x01(\x03\x12\x17\n\x0fguests_changing\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x04 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x05 \x01(\x03\x12\x17\n\x0f\x65vents_changing\x18\x06 \x01(\x03\x12)\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x19.guestfeed.v1.EventImpact*O\n\x0bHashVersion\x12\x1c\n\x18HASH_VERSION_UNSPECIFIED\x10\x00\x12\"\n\x1eHASH_VERSION_JS_SIMPLE_HASH_V1\x10\x01*\x80\x02\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12&\n\"DECISION_REASON_DEPLOY_KILL_SWITCH\x10\x01\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_KILL_SWITCH\x10\x02\x12!\n\x1d\x44\x45\x43ISION_REASON_USER_OVERRIDE\x10\x03\x12\"\n\x1e\x44\x45\x43ISION_REASON_EVENT_OVERRIDE\x10\x04\x12\x1e\n\x1a\x44\x45\x43ISION_REASON_PERCENTAGE\x10\x05\x12\x1d\n\x19\x44\x45\x43ISION_REASON_FAIL_SAFE\x10\x06\x32\x8e\x04\n\x0eRolloutService\x12U\n\x0cGetReadModel\x12!.guestfeed.v1.GetReadModelRequest\x1a\".guestfeed.v1.GetReadModelResponse\x12\x61\n\x10GetRolloutConfig\x12%.guestfeed.v1.GetRolloutConfigRequest\x1a&.guestfeed.v1.GetRolloutConfigResponse\x12j\n\x13UpdateRolloutConfig\x12(.guestfeed.v1.UpdateRolloutConfigRequest\x1a).guestfeed.v1.UpdateRolloutConfigResponse\x12g\n\x12ListRolloutChanges\x12\'.guestfeed.v1.ListRolloutChangesRequest\x1a(.guestfeed.v1.ListRolloutChangesResponse\x12m\n\x14PreviewRolloutChange\x12).guestfeed.v1.PreviewRolloutChangeRequest\x1a*.guestfeed.v1.PreviewRolloutChangeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aguestfeed/v1/rollout.proto\x12\x0cguestfeed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17guestfeed/v1/feed.proto\"8\n\x13GetReadModelRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x9a\x01\n\x14GetReadModelResponse\x12+\n\nread_model\x18\x01 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\x05\x12,\n\x06reason\x18\x03 \x01(\x0e\x32\x1c.guestfeed.v1.DecisionReason\x12\x17\n\x0f\x63onfig_revision\x18\x04 \x01(\x03\"\xf2\x03\n\rRolloutConfig\x12\x12\n\nv2_enabled\x18\x01 \x01(\x08\x12\x15\n\rv2_percentage\x18\x02 \x01(\x05\x12\x46\n\x0euser_overrides\x18\x03 \x03(\x0b\x32..guestfeed.v1.RolloutConfig.UserOverridesEntry\x12H\n\x0f\x65vent_overrides\x18\x04 \x03(\x0b\x32/.guestfeed.v1.RolloutConfig.EventOverridesEntry\x12/\n\x0chash_version\x18\x05 \x01(\x0e\x32\x19.guestfeed.v1.HashVersion\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x08 \x01(\t\x1aM\n\x12UserOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\x1aN\n\x13\x45ventOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\"\x19\n\x17GetRolloutConfigRequest\"}\n\x18GetRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x1a\n\x12replica_v2_allowed\x18\x02 \x01(\x08\x12\x18\n\x10replica_revision\x18\x03 \x01(\x03\"t\n\x1aUpdateRolloutConfigRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x1bUpdateRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"B\n\x19ListRolloutChangesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xce\x01\n\rRolloutChange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12+\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12*\n\x05\x61\x66ter\x18\x06 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"c\n\x1aListRolloutChangesResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.guestfeed.v1.RolloutChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1bPreviewRolloutChangeRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x12\n\nmax_events\x18\x02 \x01(\x05\"d\n\x0b\x45ventImpact\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0fguests_changing\x18\x02 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x04 \x01(\x03\"\xdb\x01\n\x1cPreviewRolloutChangeResponse\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x03\x12\x18\n\x10guests_evaluated\x18\x02 \x01(\x03\x12\x17\n\x0fguests_changing\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x04 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x05 \x01(\x03\x12\x17\n\x0f\x65vents_changing\x18\x06 \x01(\x03\x12)\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x19.guestfeed.v1.EventImpact*O\n\x0bHashVersion\x12\x1c\n\x18HASH_VERSION_UNSPECIFIED\x10\x00\x12\"\n\x1eHASH_VERSION_JS_SIMPLE_HASH_V1\x10\x01*\x80\x02\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12&\n\"DECISION_REASON_DEPLOY_KILL_SWITCH\x10\x01\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_KILL_SWITCH\x10\x02\x12!\n\x1d\x44\x45\x43ISION_REASON_USER_OVERRIDE\x10\x03\x12\"\n\x1e\x44\x45\x43ISION_REASON_EVENT_OVERRIDE\x10\x04\x12\x1e\n\x1a\x44\x45\x43ISION_REASON_PERCENTAGE\x10\x05\x12\x1d\n\x19\x44\x45\x43ISION_REASON_FAIL_SAFE\x10\x06\x32\x8e\x04\n\x0eRolloutService\x12U\n\x0cGetReadModel\x12!.guestfeed.v1.GetReadModelRequest\x1a\".guestfeed.v1.GetReadModelResponse\x12\x61\n\x10GetRolloutConfig\x12%.guestfeed.v1.GetRolloutConfigRequest\x1a&.guestfeed.v1.GetRolloutConfigResponse\x12j\n\x13UpdateRolloutConfig\x12(.guestfeed.v1.UpdateRolloutConfigRequest\x1a).guestfeed.v1.UpdateRolloutConfigResponse\x12g\n\x12ListRolloutChanges\x12\'.guestfeed.v1.ListRolloutChangesRequest\x1a(.guestfeed.v1.ListRolloutChangesResponse\x12m\n\x14PreviewRolloutChange\x12).guestfeed.v1.PreviewRolloutChangeRequest\x1a*.guestfeed.v1.PreviewRolloutChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLLOUTCONFIG_USEROVERRIDESENTRY']._serialized_options = b'8\001'
   _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._loaded_options = None
   _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._serialized_options = b'8\001'
-  _globals['_HASHVERSION']._serialized_start=1910
-  _globals['_HASHVERSION']._serialized_end=1989
-  _globals['_DECISIONREASON']._serialized_start=1992
-  _globals['_DECISIONREASON']._serialized_end=2248
+  _globals['_HASHVERSION']._serialized_start=1964
+  _globals['_HASHVERSION']._serialized_end=2043
+  _globals['_DECISIONREASON']._serialized_start=2046
+  _globals['_DECISIONREASON']._serialized_end=2302
   _globals['_GETREADMODELREQUEST']._serialized_start=102
   _globals['_GETREADMODELREQUEST']._serialized_end=158
   _globals['_GETREADMODELRESPONSE']._serialized_start=161
@@ -54,23 +54,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETROLLOUTCONFIGREQUEST']._serialized_start=818
   _globals['_GETROLLOUTCONFIGREQUEST']._serialized_end=843
   _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_start=845
-  _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_end=916
-  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_start=918
-  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_end=1034
-  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_start=1036
-  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_end=1110
-  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_start=1112
-  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_end=1178
-  _globals['_ROLLOUTCHANGE']._serialized_start=1181
-  _globals['_ROLLOUTCHANGE']._serialized_end=1387
-  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_start=1389
-  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_end=1488
-  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_start=1490
-  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_end=1584
-  _globals['_EVENTIMPACT']._serialized_start=1586
-  _globals['_EVENTIMPACT']._serialized_end=1686
-  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_start=1689
-  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_end=1908
-  _globals['_ROLLOUTSERVICE']._serialized_start=2251
-  _globals['_ROLLOUTSERVICE']._serialized_end=2777
+  _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_end=970
+  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_start=972
+  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_end=1088
+  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_start=1090
+  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_end=1164
+  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_start=1166
+  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_end=1232
+  _globals['_ROLLOUTCHANGE']._serialized_start=1235
+  _globals['_ROLLOUTCHANGE']._serialized_end=1441
+  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_start=1443
+  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_end=1542
+  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_start=1544
+  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_end=1638
+  _globals['_EVENTIMPACT']._serialized_start=1640
+  _globals['_EVENTIMPACT']._serialized_end=1740
+  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_start=1743
+  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_end=1962
+  _globals['_ROLLOUTSERVICE']._serialized_start=2305
+  _globals['_ROLLOUTSERVICE']._serialized_end=2831
 # @@protoc_insertion_point(module_scope)

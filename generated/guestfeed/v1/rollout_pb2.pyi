@@ -94,10 +94,14 @@ class GetRolloutConfigRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetRolloutConfigResponse(_message.Message):
-    __slots__ = ("config",)
+    __slots__ = ("config", "replica_v2_allowed", "replica_revision")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_V2_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_REVISION_FIELD_NUMBER: _ClassVar[int]
     config: RolloutConfig
-    def __init__(self, config: _Optional[_Union[RolloutConfig, _Mapping]] = ...) -> None: ...
+    replica_v2_allowed: bool
+    replica_revision: int
+    def __init__(self, config: _Optional[_Union[RolloutConfig, _Mapping]] = ..., replica_v2_allowed: _Optional[bool] = ..., replica_revision: _Optional[int] = ...) -> None: ...
 
 class UpdateRolloutConfigRequest(_message.Message):
     __slots__ = ("config", "expected_revision", "reason")

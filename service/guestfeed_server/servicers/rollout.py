@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
@@ -11,12 +12,13 @@ from guestfeed.v1 import rollout_pb2, rollout_pb2_grpc
 from ..auth import Authenticator
 from ..errors import FieldViolation, InvalidArgument, PermissionDenied
 from ..pagination import coerce_page_size
-from ..rollout import RolloutPolicy
+from ..rollout import Reason, RolloutPolicy
 from ..rollout.admin import RolloutAdmin
 from . import convert, rollout_convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _MAX_PREVIEW_EVENTS = 1000
+_ANY_ID = uuid.UUID(int=0)
 
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
@@ -55,7 +57,14 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         """The stored configuration."""
         who = convert.principal(self._auth, context)
         config = await self._admin.get(who)
-        return rollout_pb2.GetRolloutConfigResponse(config=rollout_convert.config_pb(config))
+        # What this replica applies: any pair's decision carries the revision
+        # in use and whether the deploy-level switch overrules everything.
+        local = self._policy.decide(_ANY_ID, _ANY_ID)
+        return rollout_pb2.GetRolloutConfigResponse(
+            config=rollout_convert.config_pb(config),
+            replica_v2_allowed=local.reason is not Reason.DEPLOY_KILL_SWITCH,
+            replica_revision=local.config_revision,
+        )
 
     async def UpdateRolloutConfig(  # noqa: N802 (gRPC method name)
         self, request: rollout_pb2.UpdateRolloutConfigRequest, context: Context
