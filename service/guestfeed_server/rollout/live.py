@@ -109,13 +109,14 @@ class RolloutState:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
                 await conn.add_listener(store.CHANNEL, self._notified)
                 conn.add_termination_listener(self._notified)
-                backoff = 0.1
                 while not conn.is_closed():
                     # Clear before reading: a NOTIFY that lands during the read
                     # wakes the next round instead of being lost.
                     self._wake.clear()
                     self.apply(await store.load(conn, timeout=self._connect_timeout))
                     self._loaded.set()
+                    # Only a successful read proves the database is usable again.
+                    backoff = 0.1
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._refresh_s)
             except asyncio.CancelledError:

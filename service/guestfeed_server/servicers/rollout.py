@@ -13,7 +13,7 @@ from ..auth import Authenticator
 from ..errors import FieldViolation, InvalidArgument, PermissionDenied
 from ..pagination import coerce_page_size
 from ..rollout import Reason, RolloutPolicy
-from ..rollout.admin import RolloutAdmin
+from ..rollout.admin import RolloutAdmin, require_service
 from . import convert, rollout_convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -71,6 +71,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     ) -> rollout_pb2.UpdateRolloutConfigResponse:
         """Optimistic replace: a stale expected_revision is ABORTED."""
         who = convert.principal(self._auth, context)
+        require_service(who, "UpdateRolloutConfig")
         violations: list[FieldViolation] = []
         try:
             proposed, hash_version = rollout_convert.proposed_config(
@@ -106,6 +107,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     ) -> rollout_pb2.ListRolloutChangesResponse:
         """The audit log, newest first."""
         who = convert.principal(self._auth, context)
+        require_service(who, "ListRolloutChanges")
         size = coerce_page_size(request.page_size)
         changes, token = await self._admin.changes(
             who, page_size=size, page_token=request.page_token
@@ -119,6 +121,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     ) -> rollout_pb2.PreviewRolloutChangeResponse:
         """How many guests and which events a proposal would move."""
         who = convert.principal(self._auth, context)
+        require_service(who, "PreviewRolloutChange")
         violations: list[FieldViolation] = []
         try:
             proposed, hash_version = rollout_convert.proposed_config(
