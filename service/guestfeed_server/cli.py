@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from . import cli_bench, cli_rollout, db
 from .auth import Role, mint
 from .config import ConfigError, Settings, parse_listen
 from .migrate import MigrationError, migrate, missing_versions
+from .telemetry import Telemetry, logs
 
 log = logging.getLogger("guestfeed")
 
@@ -21,9 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # JSON lines by default (what log pipelines want); text for a terminal.
+    logs.configure(json_logs=os.environ.get("GUESTFEED_LOG_FORMAT", "json") != "text")
     try:
         settings = Settings.from_env()
         result: int = ns.func(settings, ns)
@@ -84,12 +85,13 @@ def _token(settings: Settings, ns: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, ns: argparse.Namespace) -> int:
+    telemetry = Telemetry.from_env()  # exporter settings fail before any database starts
     database, secret = db.resolve(settings)
-    return asyncio.run(_serve_async(settings, database, secret, demo=ns.demo))
+    return asyncio.run(_serve_async(settings, database, secret, demo=ns.demo, telemetry=telemetry))
 
 
 async def _serve_async(
-    settings: Settings, database: db.Database, secret: str, *, demo: bool
+    settings: Settings, database: db.Database, secret: str, *, demo: bool, telemetry: Telemetry
 ) -> int:
     from . import server
     from .demo import seed_demo
@@ -103,6 +105,7 @@ async def _serve_async(
                 await migrate(conn)
             missing = await missing_versions(conn)
             if missing:
+                await pool.close()
                 print(
                     f"guestfeed: the database lacks migrations {', '.join(missing)}; "
                     "run `guestfeed migrate` first",
@@ -110,7 +113,7 @@ async def _serve_async(
                 )
                 return 3
             info = await seed_demo(conn) if demo else None
-        app = await server.start(settings, pool, secret, dsn=database.dsn)
+        app = await server.start(settings, pool, secret, dsn=database.dsn, telemetry=telemetry)
     except BaseException:
         await pool.close()
         raise
@@ -124,7 +127,11 @@ async def _serve_async(
     if info is not None:
         token = mint(secret, info.guest_user_id, ttl_s=24 * 3600)
         print(_demo_banner(address, str(info.event_id), token, seeded=info.seeded), flush=True)
-    await server.serve_forever(app)
+    try:
+        await server.serve_forever(app)
+    finally:
+        # Last step of shutdown: export what the final RPCs recorded.
+        telemetry.shutdown()
     return 0
 
 

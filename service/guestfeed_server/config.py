@@ -42,6 +42,10 @@ class Settings:
     deploy_v2_allowed: bool
     # How often a replica re-reads the rollout config even without a NOTIFY.
     rollout_refresh_s: float
+    # Share of first pages followed by a background v1/v2 comparison.
+    consistency_sample_rate: float = 0.0
+    # How often the SMS pipeline health query runs.
+    sms_health_interval_s: float = 300.0
 
     @property
     def embedded(self) -> bool:
@@ -97,6 +101,8 @@ class Settings:
             shutdown_grace_s=_float(env, "GUESTFEED_SHUTDOWN_GRACE_S", 5.0),
             deploy_v2_allowed=_bool(env, "GUESTFEED_READMODEL_V2", True),
             rollout_refresh_s=_float(env, "GUESTFEED_ROLLOUT_REFRESH_S", 5.0),
+            consistency_sample_rate=_rate(env, "GUESTFEED_CONSISTENCY_SAMPLE_RATE"),
+            sms_health_interval_s=_float(env, "GUESTFEED_SMS_HEALTH_INTERVAL_S", 300.0),
         )
 
 
@@ -137,6 +143,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value in ("false", "0", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _rate(env: Mapping[str, str], name: str) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a fraction from 0 to 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a fraction from 0 to 1, got {value}")
+    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

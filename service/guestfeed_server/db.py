@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import warnings
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from .config import Settings
 
@@ -77,3 +80,35 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
     )
     assert pool is not None
     return pool
+
+
+class TrackedPool:
+    """The pool, counting the requests that wait for a connection (a metric).
+
+    asyncpg reports the pool's size and idle connections but not its queue.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, *, timeout: float) -> AsyncIterator[PoolConnectionProxy]:
+        """Borrows a connection, as `asyncpg.Pool.acquire`."""
+        self.waiting += 1
+        try:
+            conn = await self.pool.acquire(timeout=timeout)
+        finally:
+            self.waiting -= 1
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
+
+    def in_use(self) -> int:
+        """Connections lent out right now."""
+        return self.pool.get_size() - self.pool.get_idle_size()
+
+    def idle(self) -> int:
+        """Open connections waiting in the pool."""
+        return self.pool.get_idle_size()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
-import asyncpg
-
 from .auth import Principal
+from .consistency import ConsistencySampler
+from .db import TrackedPool
 from .errors import PermissionDenied
 from .model import FeedPage, ReadModel
 from .pagination import PageTokens, TokenScope
@@ -37,33 +38,39 @@ class FeedReader:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: TrackedPool,
         stores: Mapping[ReadModel, FeedStore],
         rollout: RolloutPolicy,
         tokens: PageTokens,
         *,
         query_timeout_s: float,
+        sampler: ConsistencySampler | None = None,
     ) -> None:
         self._pool = pool
+        self._sampler = sampler
         self._stores = stores
         self._rollout = rollout
         self._tokens = tokens
         self._query_timeout = query_timeout_s
 
-    def choose_model(self, who: Principal, query: FeedQuery) -> ReadModel:
+    def choose_model(self, who: Principal, query: FeedQuery) -> tuple[ReadModel, str]:
         """Explicit choice first, then the token's (a paging session keeps its
-        model even if the rollout moves meanwhile), then the rollout."""
+        model even if the rollout moves meanwhile), then the rollout.
+
+        Returns the model and why: "explicit", "page_token" or the rollout's reason.
+        """
         if query.read_model is not None:
-            return query.read_model
+            return query.read_model, "explicit"
         if query.page_token:
-            return self._tokens.peek_read_model(query.page_token)
-        return self._rollout.decide(query.event_id, who.user_id).read_model
+            return self._tokens.peek_read_model(query.page_token), "page_token"
+        decision = self._rollout.decide(query.event_id, who.user_id)
+        return decision.read_model, decision.reason.value
 
     async def page(
         self, who: Principal, query: FeedQuery, *, time_remaining: Deadline = None
     ) -> tuple[FeedPage, str]:
         """Returns one page and its next page token ('' at the end of history)."""
-        model = self.choose_model(who, query)
+        model, choice = self.choose_model(who, query)
         scope = TokenScope(query.event_id, who.user_id, model)
         cursor = self._tokens.decode(query.page_token, scope) if query.page_token else None
         timeout = self._timeout(time_remaining)
@@ -79,10 +86,14 @@ class FeedReader:
             # One row more than asked tells whether another page exists, so
             # the last page carries no token and no empty page is ever served.
             rows = await store.page(conn, viewer, cursor, query.page_size + 1, timeout=timeout)
+        if cursor is None and self._sampler is not None:
+            self._sampler.maybe_check(viewer)
         messages = rows[: query.page_size]
         more = len(rows) > query.page_size
         next_cursor = messages[-1].cursor if more and messages else None
-        page = FeedPage(messages=messages, next_cursor=next_cursor, read_model=model)
+        page = FeedPage(
+            messages=messages, next_cursor=next_cursor, read_model=model, model_choice=choice
+        )
         token = self._tokens.encode(scope, next_cursor) if next_cursor else ""
         return page, token
 
@@ -96,11 +107,13 @@ class FeedReader:
         """
         remaining = query.max_messages or None
         token = query.page_token
-        model = self.choose_model(who, query)
+        model, choice = self.choose_model(who, query)
         while True:
             size = query.page_size if remaining is None else min(query.page_size, remaining)
             step = FeedQuery(query.event_id, size, token, model)
             page, token = await self.page(who, step, time_remaining=time_remaining)
+            # Later pages resume from a token; the stream's model was chosen once.
+            page = dataclasses.replace(page, model_choice=choice)
             if remaining is not None:
                 remaining -= len(page.messages)
             yield page, token

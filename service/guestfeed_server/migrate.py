@@ -74,6 +74,13 @@ INDEXES = (
         "gf_deliveries_guest_message",
         "ON public.message_deliveries (guest_id, message_id)",
     ),
+    # The SMS health job's 8-day window (telemetry/sms.py): a range scan that
+    # never reads the heap, so it stays cheap on a large deliveries table.
+    IndexStep(
+        "0008",
+        "gf_deliveries_created_at",
+        "ON public.message_deliveries (created_at) INCLUDE (sms_status)",
+    ),
 )
 
 OWN_SCHEMA_SQL = """
@@ -117,7 +124,9 @@ CREATE TABLE IF NOT EXISTS guestfeed.rollout_changes (
     ),
 )
 
-REQUIRED_VERSIONS = ("0001", *(i.version for i in INDEXES), *(v for v, _, _ in OWN_STEPS))
+REQUIRED_VERSIONS = tuple(
+    sorted(("0001", *(i.version for i in INDEXES), *(v for v, _, _ in OWN_STEPS)))
+)
 
 
 def production_schema_sql() -> str:
@@ -159,7 +168,7 @@ async def migrate(conn: Conn) -> list[str]:
                     applied.append(version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
-    return applied
+    return sorted(applied)
 
 
 async def missing_versions(conn: Conn) -> list[str]:

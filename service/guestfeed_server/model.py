@@ -77,3 +77,5 @@ class FeedPage:
     messages: list[FeedMessage]
     next_cursor: Cursor | None
     read_model: ReadModel
+    # Why this model served: "explicit", "page_token", or the rollout's reason.
+    model_choice: str = ""

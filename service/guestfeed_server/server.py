@@ -21,6 +21,8 @@ from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
 from .auth import Authenticator, HS256Secret
 from .config import Settings
+from .consistency import ConsistencySampler
+from .db import TrackedPool
 from .feed import FeedReader
 from .grpc_errors import ErrorMappingInterceptor
 from .health import DatabaseHealth
@@ -32,6 +34,9 @@ from .rollout.live import RolloutState
 from .servicers.feed import GuestFeedServicer
 from .servicers.rollout import RolloutServicer
 from .storage import make_store
+from .telemetry import Telemetry
+from .telemetry.interceptor import TelemetryInterceptor
+from .telemetry.sms import SmsHealthJob
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +59,20 @@ class App:
     pool: asyncpg.Pool
     grace_s: float
     rollout: RolloutState | None
+    sms: SmsHealthJob
+    telemetry: Telemetry
 
     async def stop(self) -> None:
-        """Stops in order: health, RPCs (with grace), the rollout listener, the pool."""
+        """Stops in order: health, RPCs (with grace), background jobs, the pool.
+
+        Telemetry is flushed by its owner afterwards (`guestfeed serve`), so
+        the spans of the last RPCs are exported too.
+        """
         await self.health.stop()
         await self.server.stop(self.grace_s)
         if self.rollout is not None:
             await self.rollout.stop()
+        await self.sms.stop()
         await self.pool.close()
 
 
@@ -72,13 +84,20 @@ async def start(
     dsn: str | None = None,
     listen: str | None = None,
     rollout: RolloutPolicy | None = None,
+    telemetry: Telemetry | None = None,
 ) -> App:
     """Builds and starts the server on `listen` (default: the settings').
 
     The rollout follows the stored config live (a dedicated LISTEN connection
-    to `dsn`); tests may pass a fixed `rollout` policy instead.
+    to `dsn`); tests may pass a fixed `rollout` policy instead. Telemetry is
+    off unless given (`Telemetry.from_env()` in `guestfeed serve`).
     """
+    telemetry = telemetry or Telemetry.disabled()
     auth = Authenticator(HS256Secret(jwt_secret))
+    tracked = TrackedPool(pool)
+    telemetry.sources.pool_in_use = tracked.in_use
+    telemetry.sources.pool_idle = tracked.idle
+    telemetry.sources.pool_waiting = lambda: tracked.waiting
     state: RolloutState | None = None
     if rollout is None:
         if dsn is None:
@@ -92,19 +111,36 @@ async def start(
         await state.start(initial_wait_s=min(settings.connect_timeout_s, 5.0))
     policy: RolloutPolicy = state or rollout  # type: ignore[assignment]
     admin = RolloutAdmin(
-        pool,
+        tracked,
         deploy_v2_allowed=settings.deploy_v2_allowed,
         query_timeout_s=settings.query_timeout_s,
         applied=state.apply if state is not None else None,
     )
+    stores = {m: make_store(m) for m in ReadModel}
+    sampler = ConsistencySampler(
+        tracked,
+        stores,
+        telemetry.metrics,
+        rate=settings.consistency_sample_rate,
+        timeout_s=settings.query_timeout_s,
+    )
     reader = FeedReader(
-        pool,
-        {m: make_store(m) for m in ReadModel},
+        tracked,
+        stores,
         policy,
         PageTokens(jwt_secret),
         query_timeout_s=settings.query_timeout_s,
+        sampler=sampler,
     )
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    # The telemetry interceptor is outermost, so it sees the final status.
+    server = grpc.aio.server(
+        interceptors=[
+            TelemetryInterceptor(
+                telemetry.tracer, telemetry.metrics, trace_health=telemetry.trace_health
+            ),
+            ErrorMappingInterceptor(),
+        ]
+    )
     feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(GuestFeedServicer(auth, reader), server)
     rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
         RolloutServicer(auth, policy, admin), server
@@ -130,6 +166,13 @@ async def start(
     )
     await health.probe()
     health.start()
+    sms = SmsHealthJob(
+        pool,
+        telemetry.sources,
+        interval_s=settings.sms_health_interval_s,
+        timeout_s=max(settings.query_timeout_s, 30.0),
+    )
+    sms.start()
     await server.start()
     return App(
         server=server,
@@ -138,6 +181,8 @@ async def start(
         pool=pool,
         grace_s=settings.shutdown_grace_s,
         rollout=state,
+        sms=sms,
+        telemetry=telemetry,
     )
 
 

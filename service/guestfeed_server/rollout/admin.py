@@ -6,9 +6,8 @@ import base64
 import struct
 from collections.abc import Callable
 
-import asyncpg
-
 from ..auth import Principal
+from ..db import TrackedPool
 from ..errors import FieldViolation, InvalidArgument, PermissionDenied
 from . import store
 from .config import HashVersion, RolloutConfig
@@ -35,7 +34,7 @@ class RolloutAdmin:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: TrackedPool,
         *,
         deploy_v2_allowed: bool,
         query_timeout_s: float,

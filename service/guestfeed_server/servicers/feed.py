@@ -10,7 +10,9 @@ import grpc
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 
 from ..auth import Authenticator
-from ..feed import FeedReader
+from ..feed import FeedQuery, FeedReader
+from ..model import FeedPage
+from ..telemetry import record
 from . import convert
 
 
@@ -33,6 +35,7 @@ class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
             read_model=request.read_model,
         )
         page, token = await self._reader.page(who, query, time_remaining=context.time_remaining)
+        _observe(page, query, first=True)
         return feed_pb2.ListMessagesResponse(
             messages=[convert.message_pb(m) for m in page.messages],
             next_page_token=token,
@@ -51,11 +54,26 @@ class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
             read_model=request.read_model,
             max_messages=request.max_messages,
         )
+        first = True
         async for page, token in self._reader.stream(
             who, query, time_remaining=context.time_remaining
         ):
+            _observe(page, query, first=first)
+            first = False
             yield feed_pb2.StreamMessagesResponse(
                 messages=[convert.message_pb(m) for m in page.messages],
                 next_page_token=token,
                 read_model=convert.read_model_pb(page.read_model),
             )
+
+
+def _observe(page: FeedPage, query: FeedQuery, *, first: bool) -> None:
+    """Feeds the RPC's span, log line and metrics (see telemetry.record)."""
+    record.note_page(
+        page,
+        event_id=str(query.event_id),
+        page_size=query.page_size,
+        model_choice=page.model_choice,
+    )
+    if first and page.model_choice not in ("explicit", "page_token"):
+        record.note_decision(page.read_model.value, page.model_choice)

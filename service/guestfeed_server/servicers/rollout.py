@@ -14,6 +14,7 @@ from ..errors import FieldViolation, InvalidArgument, PermissionDenied
 from ..pagination import coerce_page_size
 from ..rollout import Reason, RolloutPolicy
 from ..rollout.admin import RolloutAdmin, require_service
+from ..telemetry import record
 from . import convert, rollout_convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -44,6 +45,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
                 "only service_role tokens may ask about another user", "NOT_SELF"
             )
         decision = self._policy.decide(event, user)
+        record.note_decision(decision.read_model.value, decision.reason.value)
         return rollout_pb2.GetReadModelResponse(
             read_model=convert.read_model_pb(decision.read_model),
             bucket=decision.bucket,
