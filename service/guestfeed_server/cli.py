@@ -14,7 +14,7 @@ from . import cli_bench, cli_rollout, db
 from .auth import Role, mint
 from .config import ConfigError, Settings, parse_listen
 from .migrate import MigrationError, migrate, missing_versions
-from .telemetry import Telemetry, logs
+from .telemetry import Telemetry, logs, untraced
 
 log = logging.getLogger("guestfeed")
 
@@ -98,21 +98,22 @@ async def _serve_async(
 
     pool = await db.create_pool(database.dsn, settings)
     try:
-        async with pool.acquire() as conn:
-            # The embedded database is ours to migrate; a real one is migrated
-            # by `guestfeed migrate` with a role that may, never by serve.
-            if settings.embedded or demo:
-                await migrate(conn)
-            missing = await missing_versions(conn)
-            if missing:
-                await pool.close()
-                print(
-                    f"guestfeed: the database lacks migrations {', '.join(missing)}; "
-                    "run `guestfeed migrate` first",
-                    file=sys.stderr,
-                )
-                return 3
-            info = await seed_demo(conn) if demo else None
+        with untraced():
+            async with pool.acquire() as conn:
+                # The embedded database is ours to migrate; a real one is migrated
+                # by `guestfeed migrate` with a role that may, never by serve.
+                if settings.embedded or demo:
+                    await migrate(conn)
+                missing = await missing_versions(conn)
+                info = await seed_demo(conn) if demo and not missing else None
+        if missing:
+            await pool.close()
+            print(
+                f"guestfeed: the database lacks migrations {', '.join(missing)}; "
+                "run `guestfeed migrate` first",
+                file=sys.stderr,
+            )
+            return 3
         app = await server.start(settings, pool, secret, dsn=database.dsn, telemetry=telemetry)
     except BaseException:
         await pool.close()

@@ -17,6 +17,8 @@ import asyncpg
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
+from .telemetry import untraced
+
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -69,7 +71,8 @@ class DatabaseHealth:
 
     def start(self) -> None:
         """Starts probing in the background."""
-        self._task = asyncio.create_task(self._run(), name="guestfeed-health")
+        with untraced():
+            self._task = asyncio.create_task(self._run(), name="guestfeed-health")
 
     async def _run(self) -> None:
         while True:

@@ -34,7 +34,7 @@ from .rollout.live import RolloutState
 from .servicers.feed import GuestFeedServicer
 from .servicers.rollout import RolloutServicer
 from .storage import make_store
-from .telemetry import Telemetry
+from .telemetry import Telemetry, untraced
 from .telemetry.interceptor import TelemetryInterceptor
 from .telemetry.sms import SmsHealthJob
 
@@ -164,7 +164,8 @@ async def start(
         # NOT_SERVING while this replica runs on the fail-safe (v1) config.
         components={ROLLOUT_HEALTH_NAME: (lambda: state is None or not state.fail_safe)},
     )
-    await health.probe()
+    with untraced():
+        await health.probe()
     health.start()
     sms = SmsHealthJob(
         pool,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from ..telemetry import untraced
 from . import store
 from .config import RolloutConfig
 from .policy import Decision, decide
@@ -82,7 +83,8 @@ class RolloutState:
 
     async def start(self, *, initial_wait_s: float = 5.0) -> None:
         """Starts the loop and waits (bounded) for the first read."""
-        self._task = asyncio.create_task(self._run(), name="guestfeed-rollout")
+        with untraced():
+            self._task = asyncio.create_task(self._run(), name="guestfeed-rollout")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), initial_wait_s)
         if self.fail_safe:

@@ -14,6 +14,7 @@ reader) instead: nothing here touches the global providers unless asked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -122,6 +123,15 @@ class Telemetry:
             stop = getattr(provider, "shutdown", None)
             if stop is not None:
                 stop()
+
+
+def untraced() -> contextlib.AbstractContextManager[None]:
+    """Background work (health probes, config re-reads, start-up migrations)
+    runs without database spans: they would be root spans every few seconds,
+    burying the traces of real requests. Tasks created inside inherit it."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
 
 
 def instrument_asyncpg(tracer_provider: trace.TracerProvider) -> None:

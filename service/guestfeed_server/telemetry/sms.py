@@ -17,6 +17,7 @@ import logging
 
 import asyncpg
 
+from . import untraced
 from .metrics import GaugeSources
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class SmsHealthJob:
 
     def start(self) -> None:
         """Starts the schedule in the background."""
-        self._task = asyncio.create_task(self._run(), name="guestfeed-sms-health")
+        with untraced():
+            self._task = asyncio.create_task(self._run(), name="guestfeed-sms-health")
 
     async def _run(self) -> None:
         while True:
