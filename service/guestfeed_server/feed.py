@@ -14,7 +14,7 @@ from .errors import PermissionDenied
 from .model import FeedPage, ReadModel
 from .pagination import PageTokens, TokenScope
 from .rollout import RolloutPolicy
-from .storage import FeedStore, load_viewer
+from .storage import FeedStore
 
 # The RPC's `context.time_remaining`: seconds left, None without a deadline.
 Deadline = Callable[[], float | None] | None
@@ -76,16 +76,18 @@ class FeedReader:
         timeout = self._timeout(time_remaining)
         store = self._stores[model]
         async with self._pool.acquire(timeout=timeout) as conn:
-            viewer = await load_viewer(conn, query.event_id, who.user_id, timeout=timeout)
-            if viewer is None:
-                raise PermissionDenied(
-                    "you are not an active guest of this event",
-                    "NOT_EVENT_GUEST",
-                    {"event_id": str(query.event_id)},
-                )
-            # One row more than asked tells whether another page exists, so
-            # the last page carries no token and no empty page is ever served.
-            rows = await store.page(conn, viewer, cursor, query.page_size + 1, timeout=timeout)
+            # One statement checks access and reads the page. One row more
+            # than asked tells whether another page exists, so the last page
+            # carries no token and no empty page is ever served.
+            viewer, rows = await store.fetch(
+                conn, query.event_id, who.user_id, cursor, query.page_size + 1, timeout=timeout
+            )
+        if viewer is None:
+            raise PermissionDenied(
+                "you are not an active guest of this event",
+                "NOT_EVENT_GUEST",
+                {"event_id": str(query.event_id)},
+            )
         if cursor is None and self._sampler is not None:
             self._sampler.maybe_check(viewer)
         messages = rows[: query.page_size]

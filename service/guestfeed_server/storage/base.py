@@ -16,6 +16,33 @@ from ..pgtypes import Conn
 # condition is always an index condition, even in PostgreSQL's generic plans.
 START = Cursor(datetime(9999, 12, 31, tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
 
+# The caller as an active guest of the event ($1, $2), as one row, or no row
+# at all when they are not one: removed rows never count, and unknown events
+# look the same as events the caller is not invited to. A host who is also
+# on the guest list has two rows; their ids and tags are the union.
+VIEWER_CTE = """
+viewer AS (
+    SELECT array_agg(g.id ORDER BY g.created_at, g.id) AS guest_ids,
+           (array_agg(g.guest_name ORDER BY g.created_at, g.id)
+               FILTER (WHERE g.guest_name IS NOT NULL))[1] AS guest_name,
+           ARRAY(SELECT DISTINCT t
+                   FROM public.event_guests g2, unnest(g2.guest_tags) AS t
+                  WHERE g2.event_id = $1 AND g2.user_id = $2 AND g2.removed_at IS NULL
+                  ORDER BY 1) AS tags
+      FROM public.event_guests g
+     WHERE g.event_id = $1 AND g.user_id = $2 AND g.removed_at IS NULL
+    HAVING count(*) > 0
+)"""
+
+# Rows of the page joined to the viewer: no row means "not a guest"; one row
+# with a NULL id means "a guest with an empty page". One round trip either way.
+RESULT_SQL = """
+SELECT v.guest_ids, v.tags, v.guest_name, r.*
+  FROM viewer v
+  LEFT JOIN rows r ON true
+ ORDER BY r.created_at DESC, r.id DESC
+"""
+
 
 class FeedStore(Protocol):
     """Reads one page of a guest's feed.
@@ -31,6 +58,22 @@ class FeedStore(Protocol):
         """Short name for logs and span attributes."""
         ...
 
+    async def fetch(
+        self,
+        conn: Conn,
+        event_id: uuid.UUID,
+        user_id: uuid.UUID,
+        cursor: Cursor | None,
+        limit: int,
+        *,
+        timeout: float,
+    ) -> tuple[Viewer | None, list[FeedMessage]]:
+        """Checks access and reads the page in one statement.
+
+        Returns (None, []) when the user is not an active guest of the event.
+        """
+        ...
+
     async def page(
         self,
         conn: Conn,
@@ -40,8 +83,71 @@ class FeedStore(Protocol):
         *,
         timeout: float,
     ) -> list[FeedMessage]:
-        """Returns the page of `viewer`'s feed below `cursor` (None: the newest)."""
+        """The page of a known viewer's feed below `cursor` (None: the newest)."""
         ...
+
+
+class SqlFeedStore:
+    """What both SQL stores share; each supplies its statement and one rule."""
+
+    read_model: ReadModel
+    sql: str
+
+    @property
+    def name(self) -> str:
+        """The store's short name."""
+        raise NotImplementedError
+
+    def delivery_backed(self, row: asyncpg.Record) -> bool:
+        """Whether a delivery to the caller put this row in the feed."""
+        raise NotImplementedError
+
+    async def fetch(
+        self,
+        conn: Conn,
+        event_id: uuid.UUID,
+        user_id: uuid.UUID,
+        cursor: Cursor | None,
+        limit: int,
+        *,
+        timeout: float,
+    ) -> tuple[Viewer | None, list[FeedMessage]]:
+        """See `FeedStore.fetch`."""
+        at = cursor or START
+        rows = await conn.fetch(
+            self.sql, event_id, user_id, at.created_at, at.message_id, limit, timeout=timeout
+        )
+        if not rows:
+            return None, []
+        head = rows[0]
+        viewer = Viewer(
+            user_id=user_id,
+            event_id=event_id,
+            guest_ids=tuple(head["guest_ids"]),
+            tags=tuple(head["tags"]),
+            guest_name=head["guest_name"],
+        )
+        messages = [
+            to_message(r, viewer, delivery_backed=self.delivery_backed(r))
+            for r in rows
+            if r["id"] is not None
+        ]
+        return viewer, messages
+
+    async def page(
+        self,
+        conn: Conn,
+        viewer: Viewer,
+        cursor: Cursor | None,
+        limit: int,
+        *,
+        timeout: float,
+    ) -> list[FeedMessage]:
+        """See `FeedStore.page`."""
+        _, messages = await self.fetch(
+            conn, viewer.event_id, viewer.user_id, cursor, limit, timeout=timeout
+        )
+        return messages
 
 
 def to_message(row: asyncpg.Record, viewer: Viewer, *, delivery_backed: bool) -> FeedMessage:

@@ -12,16 +12,37 @@ A guest sees the union of
 
 from __future__ import annotations
 
-from ..model import Cursor, FeedMessage, MessageType, ReadModel, Viewer
-from ..pgtypes import Conn
-from .base import START, to_message
+import asyncpg
+
+from ..model import MessageType, ReadModel
+from .base import RESULT_SQL, VIEWER_CTE, SqlFeedStore
 
 # Same shape as v1: every branch is an index walk newest-first with its own
 # LIMIT, merged by UNION (a message in two branches appears once) and cut to
 # $5. A channel message whose scheduled message is missing has no audience we
 # can check, so it is not shown (fail closed: a leak is worse than a gap).
-PAGE_SQL = """
-WITH page AS (
+#
+# The floor keeps sparse branches from walking the whole history. Every
+# guest sees every announcement, so if $5 announcements lie below the cursor,
+# the page cannot reach past the $5-th of them: no other branch needs to look
+# further down. Without the floor, a guest with ten direct messages among an
+# event's three thousand makes the direct branch probe all three thousand.
+# When fewer than $5 announcements remain, the floor is the start of time.
+PAGE_SQL = f"""
+WITH {VIEWER_CTE},
+floor AS (
+    SELECT m.created_at, m.id
+      FROM public.messages m
+     WHERE m.event_id = $1
+       AND m.message_type = 'announcement'
+       AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
+     ORDER BY m.created_at DESC, m.id DESC
+     OFFSET $5 - 1
+     LIMIT 1
+), bounds AS (
+    SELECT COALESCE((SELECT created_at FROM floor), '-infinity'::timestamptz) AS at,
+           COALESCE((SELECT id FROM floor), '00000000-0000-0000-0000-000000000000'::uuid) AS id
+), page AS (
     SELECT id, created_at FROM (
         (SELECT m.id, m.created_at
            FROM public.messages m
@@ -32,98 +53,74 @@ WITH page AS (
           LIMIT $5)
         UNION
         (SELECT m.id, m.created_at
-           FROM public.messages m
+           FROM bounds b, public.messages m
            JOIN public.scheduled_messages sm
              ON sm.id = m.scheduled_message_id AND sm.event_id = m.event_id
           WHERE m.event_id = $1
             AND m.message_type = 'channel'
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
+            AND (m.created_at, m.id) >= (b.at, b.id)
             AND (COALESCE(cardinality(sm.target_guest_tags), 0) = 0
-                 OR sm.target_guest_tags && $6::text[])
+                 OR sm.target_guest_tags && (SELECT tags FROM viewer))
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
         (SELECT m.id, m.created_at
-           FROM public.messages m
+           FROM bounds b, public.messages m
           WHERE m.event_id = $1
             AND m.message_type = 'direct'
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
+            AND (m.created_at, m.id) >= (b.at, b.id)
             AND EXISTS (SELECT 1 FROM public.message_deliveries d
                          WHERE d.message_id = m.id
-                           AND (d.user_id = $2 OR d.guest_id = ANY($7::uuid[])))
+                           AND (d.user_id = $2 OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[])))
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
         (SELECT m.id, m.created_at
-           FROM public.messages m
+           FROM bounds b, public.messages m
           WHERE m.event_id = $1
             AND m.sender_user_id = $2
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
+            AND (m.created_at, m.id) >= (b.at, b.id)
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
     ) branches
     ORDER BY created_at DESC, id DESC
     LIMIT $5
+),
+rows AS (
+    SELECT m.id, m.content, m.created_at, m.message_type::text AS message_type,
+           COALESCE(m.sender_user_id = $2, false) AS is_own,
+           u.full_name, u.avatar_url,
+           ld.sms_status AS delivery_status
+      FROM page p
+      JOIN public.messages m ON m.id = p.id
+      LEFT JOIN public.users u ON u.id = m.sender_user_id
+      LEFT JOIN LATERAL (
+            SELECT d.sms_status FROM public.message_deliveries d
+             WHERE d.message_id = m.id
+               AND (d.user_id = $2 OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[]))
+             ORDER BY d.created_at DESC, d.id DESC
+             LIMIT 1) ld ON true
 )
-SELECT m.id, m.content, m.created_at, m.message_type::text AS message_type,
-       COALESCE(m.sender_user_id = $2, false) AS is_own,
-       u.full_name, u.avatar_url,
-       ld.sms_status AS delivery_status
-  FROM page p
-  JOIN public.messages m ON m.id = p.id
-  LEFT JOIN public.users u ON u.id = m.sender_user_id
-  LEFT JOIN LATERAL (
-        SELECT d.sms_status FROM public.message_deliveries d
-         WHERE d.message_id = m.id
-           AND (d.user_id = $2 OR d.guest_id = ANY($7::uuid[]))
-         ORDER BY d.created_at DESC, d.id DESC
-         LIMIT 1) ld ON true
- ORDER BY p.created_at DESC, p.id DESC
-"""
+{RESULT_SQL}"""
 
 
-class V2MessagesStore:
+class V2MessagesStore(SqlFeedStore):
     """The message-backed read model."""
 
     read_model: ReadModel = ReadModel.V2
+    sql = PAGE_SQL
 
     @property
     def name(self) -> str:
         """`v2_messages`."""
         return "v2_messages"
 
-    async def page(
-        self,
-        conn: Conn,
-        viewer: Viewer,
-        cursor: Cursor | None,
-        limit: int,
-        *,
-        timeout: float,
-    ) -> list[FeedMessage]:
-        """See `FeedStore.page`."""
-        at = cursor or START
-        rows = await conn.fetch(
-            PAGE_SQL,
-            viewer.event_id,
-            viewer.user_id,
-            at.created_at,
-            at.message_id,
-            limit,
-            list(viewer.tags),
-            list(viewer.guest_ids),
-            timeout=timeout,
+    def delivery_backed(self, row: asyncpg.Record) -> bool:
+        """Only the direct branch reads deliveries; announcements and channels
+        are message-backed even when an SMS also went out for them."""
+        return bool(
+            row["message_type"] == MessageType.DIRECT.value and row["delivery_status"] is not None
         )
-        # Only the direct branch reads deliveries; announcements and channels
-        # are message-backed even when an SMS also went out for them.
-        return [
-            to_message(
-                r,
-                viewer,
-                delivery_backed=(
-                    r["message_type"] == MessageType.DIRECT.value
-                    and r["delivery_status"] is not None
-                ),
-            )
-            for r in rows
-        ]
