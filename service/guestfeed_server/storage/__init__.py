@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..model import ReadModel
+from .access import load_viewer
 from .base import FeedStore
 from .v1 import V1DeliveriesStore
 from .v2 import V2MessagesStore
 
-__all__ = ["FeedStore", "V1DeliveriesStore", "V2MessagesStore", "make_store"]
+__all__ = ["FeedStore", "V1DeliveriesStore", "V2MessagesStore", "load_viewer", "make_store"]
 
 
 def make_store(read_model: ReadModel) -> FeedStore:

@@ -73,7 +73,8 @@ floor AS (
             AND (m.created_at, m.id) >= (b.at, b.id)
             AND EXISTS (SELECT 1 FROM public.message_deliveries d
                          WHERE d.message_id = m.id
-                           AND (d.user_id = $2 OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[])))
+                           AND (d.user_id = $2
+                                OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[])))
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
