@@ -19,8 +19,8 @@ from .base import RESULT_SQL, VIEWER_CTE, SqlFeedStore
 PAGE_SQL = f"""
 WITH {VIEWER_CTE},
 page AS (
-    SELECT id, created_at FROM (
-        (SELECT m.id, m.created_at
+    SELECT * FROM (
+        (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
@@ -29,7 +29,7 @@ page AS (
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
-        (SELECT m.id, m.created_at
+        (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
             AND m.sender_user_id = $2
@@ -41,16 +41,15 @@ page AS (
     LIMIT $5
 ),
 rows AS (
-    SELECT m.id, m.content, m.created_at, m.message_type::text AS message_type,
-           COALESCE(m.sender_user_id = $2, false) AS is_own,
+    SELECT p.id, p.content, p.created_at, p.message_type::text AS message_type,
+           COALESCE(p.sender_user_id = $2, false) AS is_own,
            u.full_name, u.avatar_url,
            ld.sms_status AS delivery_status
       FROM page p
-      JOIN public.messages m ON m.id = p.id
-      LEFT JOIN public.users u ON u.id = m.sender_user_id
+      LEFT JOIN public.users u ON u.id = p.sender_user_id
       LEFT JOIN LATERAL (
             SELECT d.sms_status FROM public.message_deliveries d
-             WHERE d.message_id = m.id AND d.user_id = $2
+             WHERE d.message_id = p.id AND d.user_id = $2
              ORDER BY d.created_at DESC, d.id DESC
              LIMIT 1) ld ON true
 )

@@ -43,8 +43,8 @@ floor AS (
     SELECT COALESCE((SELECT created_at FROM floor), '-infinity'::timestamptz) AS at,
            COALESCE((SELECT id FROM floor), '00000000-0000-0000-0000-000000000000'::uuid) AS id
 ), page AS (
-    SELECT id, created_at FROM (
-        (SELECT m.id, m.created_at
+    SELECT * FROM (
+        (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
             AND m.message_type = 'announcement'
@@ -52,25 +52,25 @@ floor AS (
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
-        (SELECT m.id, m.created_at
-           FROM bounds b, public.messages m
+        (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
+           FROM public.messages m
            JOIN public.scheduled_messages sm
              ON sm.id = m.scheduled_message_id AND sm.event_id = m.event_id
           WHERE m.event_id = $1
             AND m.message_type = 'channel'
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
-            AND (m.created_at, m.id) >= (b.at, b.id)
+            AND (m.created_at, m.id) >= ((SELECT at FROM bounds), (SELECT id FROM bounds))
             AND (COALESCE(cardinality(sm.target_guest_tags), 0) = 0
                  OR sm.target_guest_tags && (SELECT tags FROM viewer))
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
-        (SELECT m.id, m.created_at
-           FROM bounds b, public.messages m
+        (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
+           FROM public.messages m
           WHERE m.event_id = $1
             AND m.message_type = 'direct'
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
-            AND (m.created_at, m.id) >= (b.at, b.id)
+            AND (m.created_at, m.id) >= ((SELECT at FROM bounds), (SELECT id FROM bounds))
             AND EXISTS (SELECT 1 FROM public.message_deliveries d
                          WHERE d.message_id = m.id
                            AND (d.user_id = $2
@@ -78,12 +78,12 @@ floor AS (
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
-        (SELECT m.id, m.created_at
-           FROM bounds b, public.messages m
+        (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
+           FROM public.messages m
           WHERE m.event_id = $1
             AND m.sender_user_id = $2
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
-            AND (m.created_at, m.id) >= (b.at, b.id)
+            AND (m.created_at, m.id) >= ((SELECT at FROM bounds), (SELECT id FROM bounds))
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
     ) branches
@@ -91,16 +91,15 @@ floor AS (
     LIMIT $5
 ),
 rows AS (
-    SELECT m.id, m.content, m.created_at, m.message_type::text AS message_type,
-           COALESCE(m.sender_user_id = $2, false) AS is_own,
+    SELECT p.id, p.content, p.created_at, p.message_type::text AS message_type,
+           COALESCE(p.sender_user_id = $2, false) AS is_own,
            u.full_name, u.avatar_url,
            ld.sms_status AS delivery_status
       FROM page p
-      JOIN public.messages m ON m.id = p.id
-      LEFT JOIN public.users u ON u.id = m.sender_user_id
+      LEFT JOIN public.users u ON u.id = p.sender_user_id
       LEFT JOIN LATERAL (
             SELECT d.sms_status FROM public.message_deliveries d
-             WHERE d.message_id = m.id
+             WHERE d.message_id = p.id
                AND (d.user_id = $2 OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[]))
              ORDER BY d.created_at DESC, d.id DESC
              LIMIT 1) ld ON true
