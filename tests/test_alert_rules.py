@@ -31,7 +31,7 @@ class TestAlertRules:
 
     @needs_promtool
     def test_alerts_fire_on_breaches_and_stay_quiet_otherwise(self) -> None:
-        """promtool's rule unit tests (alerts_test.yml) pass: each threshold both fires and holds."""
+        """promtool's rule unit tests (alerts_test.yml) pass: each alert fires and holds."""
         assert promtool is not None
         out = subprocess.run(
             [promtool, "test", "rules", str(RULES / "alerts_test.yml")],

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .model import Cursor, FeedMessage, ReadModel, Viewer
 from .storage import FeedStore
+from .telemetry import untraced
 from .telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,10 @@ class ConsistencySampler:
             return
         if self._running is not None and not self._running.done():
             return
-        self._running = asyncio.create_task(self._check(viewer), name="guestfeed-consistency")
+        # Background work after the response: its queries are not part of
+        # the caller's trace (that span has ended by the time they run).
+        with untraced():
+            self._running = asyncio.create_task(self._check(viewer), name="guestfeed-consistency")
 
     async def check(self, viewer: Viewer) -> Comparison:
         """Compares v1 and v2 for `viewer` now and records the metrics."""

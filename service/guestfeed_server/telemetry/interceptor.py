@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -26,6 +27,15 @@ from .metrics import Metrics
 log = logging.getLogger("guestfeed.rpc")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _active(span: trace.Span) -> AbstractContextManager[trace.Span]:
+    """Makes `span` current for the handler. Not use_span's defaults: they would
+    mark caller errors (an abort is an exception) ERROR and record the
+    exception's message, which may quote caller input; `finish` sets both."""
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
 
 
 def _split(full_method: str) -> tuple[str, str]:
@@ -107,7 +117,7 @@ class _Call:
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Traces, logs and measures unary-unary and unary-stream RPCs."""
+    """Traces, logs and measures RPCs of every kind (the request may be a stream)."""
 
     # Codes that mean the server failed, not the caller: these mark spans ERROR
     # (OpenTelemetry's gRPC server guidance).
@@ -153,6 +163,19 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        elif handler.stream_unary is not None:
+            wrapped = grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_stream is not None:
+            # Reflection is bidirectional: traced too when trace_health asks for it.
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                self._stream(method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -161,7 +184,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             call = _Call(self, method, context)
             exc: BaseException | None = None
             try:
-                with trace.use_span(call.span, end_on_exit=False):
+                with _active(call.span):
                     return await behavior(request, context)
             except BaseException as e:
                 exc = e
@@ -176,7 +199,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             call = _Call(self, method, context)
             exc: BaseException | None = None
             try:
-                with trace.use_span(call.span, end_on_exit=False):
+                with _active(call.span):
                     async for item in behavior(request, context):
                         yield item
             except BaseException as e:
