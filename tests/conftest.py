@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
+import hypothesis
 import pytest
 
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
@@ -29,6 +30,13 @@ from guestfeed_server.migrate import migrate
 from .factory import World
 
 SECRET = "test-secret-" + "x" * 40
+
+# CI runs the same examples every time: a red build is then reproducible, and
+# the random exploration happens on developers' machines (and is saved in
+# .hypothesis/ there).
+hypothesis.settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 
 def _with_database(dsn: str, name: str) -> str:
