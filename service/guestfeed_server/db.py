@@ -76,7 +76,15 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
         max_size=settings.pool_max_size,
         timeout=settings.connect_timeout_s,
         command_timeout=settings.query_timeout_s,
-        server_settings={"application_name": "guestfeed"},
+        server_settings={
+            "application_name": "guestfeed",
+            # Pages are index walks of a few hundred rows. A parallel plan or
+            # JIT compilation costs milliseconds to start, more than the
+            # query: PostgreSQL picks them from row estimates that a LIMIT
+            # makes meaningless, so this service turns both off.
+            "max_parallel_workers_per_gather": "0",
+            "jit": "off",
+        },
     )
     assert pool is not None
     return pool

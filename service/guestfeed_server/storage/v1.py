@@ -46,7 +46,12 @@ rows AS (
            u.full_name, u.avatar_url,
            ld.sms_status AS delivery_status
       FROM page p
-      LEFT JOIN public.users u ON u.id = p.sender_user_id
+      -- LIMIT 1 keeps this a per-row primary-key probe: flattened into a
+      -- join, the planner may hash the whole users table for 50 rows.
+      LEFT JOIN LATERAL (
+            SELECT u.full_name, u.avatar_url FROM public.users u
+             WHERE u.id = p.sender_user_id
+             LIMIT 1) u ON true
       LEFT JOIN LATERAL (
             SELECT d.sms_status FROM public.message_deliveries d
              WHERE d.message_id = p.id AND d.user_id = $2

@@ -54,8 +54,13 @@ floor AS (
         UNION
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
-           JOIN public.scheduled_messages sm
-             ON sm.id = m.scheduled_message_id AND sm.event_id = m.event_id
+           -- A primary-key probe per channel message in range (LIMIT 1 stops
+           -- the planner from hashing every scheduled message of the event,
+           -- which grows with history). No row: no audience, not shown.
+           CROSS JOIN LATERAL (
+                SELECT sm.target_guest_tags FROM public.scheduled_messages sm
+                 WHERE sm.id = m.scheduled_message_id AND sm.event_id = m.event_id
+                 LIMIT 1) sm
           WHERE m.event_id = $1
             AND m.message_type = 'channel'
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
@@ -96,7 +101,12 @@ rows AS (
            u.full_name, u.avatar_url,
            ld.sms_status AS delivery_status
       FROM page p
-      LEFT JOIN public.users u ON u.id = p.sender_user_id
+      -- LIMIT 1 keeps this a per-row primary-key probe: flattened into a
+      -- join, the planner may hash the whole users table for 50 rows.
+      LEFT JOIN LATERAL (
+            SELECT u.full_name, u.avatar_url FROM public.users u
+             WHERE u.id = p.sender_user_id
+             LIMIT 1) u ON true
       LEFT JOIN LATERAL (
             SELECT d.sms_status FROM public.message_deliveries d
              WHERE d.message_id = p.id

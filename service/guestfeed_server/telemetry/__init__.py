@@ -31,6 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from ..config import ConfigError
 from .metrics import GaugeSources, Metrics
@@ -83,8 +84,13 @@ class Telemetry:
         """
         env = os.environ if env is None else env
         resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "guestfeed")})
-        tracer_provider = TracerProvider(resource=resource)
-        for name in _exporters(env, "OTEL_TRACES_EXPORTER"):
+        trace_exporters = _exporters(env, "OTEL_TRACES_EXPORTER")
+        # With nowhere to send spans, record none (ALWAYS_OFF): span and trace
+        # ids still flow from callers into the logs, at almost no cost per RPC.
+        tracer_provider = TracerProvider(
+            resource=resource, sampler=None if trace_exporters else ALWAYS_OFF
+        )
+        for name in trace_exporters:
             if name == "console":
                 tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
             else:
@@ -111,10 +117,15 @@ class Telemetry:
             readers.append(PrometheusMetricReader())
             start_http_server(port, addr=env.get("GUESTFEED_PROMETHEUS_ADDR", "127.0.0.1"))
             log.info("prometheus metrics on :%d/metrics", port)
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        meter_provider: otel_metrics.MeterProvider = (
+            MeterProvider(resource=resource, metric_readers=readers)
+            if readers
+            else otel_metrics.NoOpMeterProvider()
+        )
         trace_health = env.get("GUESTFEED_TRACE_HEALTH", "").lower() in ("1", "true", "yes")
         telemetry = cls.create(tracer_provider, meter_provider, trace_health=trace_health)
-        instrument_asyncpg(tracer_provider)
+        if trace_exporters:
+            instrument_asyncpg(tracer_provider)
         return telemetry
 
     def shutdown(self) -> None:
