@@ -9,7 +9,9 @@ without touching callers.
 from __future__ import annotations
 
 import enum
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -64,13 +66,35 @@ class HS256Secret:
 class Authenticator:
     """Verifies bearer tokens from gRPC metadata."""
 
-    def __init__(self, resolver: KeyResolver, *, leeway_s: float = 5.0) -> None:
+    def __init__(
+        self, resolver: KeyResolver, *, leeway_s: float = 5.0, cache_size: int = 4096
+    ) -> None:
         self._resolver = resolver
         self._leeway = leeway_s
+        # A client sends the same token on every call until it expires;
+        # verifying the signature each time costs more than the page query.
+        # The cache maps the exact token text to its verified principal and
+        # expiry, so a changed byte is a miss and expiry is re-checked on hits.
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._cache_size = cache_size
 
     def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
         """Returns the caller, or raises Unauthenticated / PermissionDenied."""
         token = _bearer(metadata)
+        hit = self._cache.get(token)
+        if hit is not None:
+            principal, exp = hit
+            if time.time() <= exp + self._leeway:
+                self._cache.move_to_end(token)
+                return principal
+            del self._cache[token]
+        principal, exp = self._verify(token)
+        self._cache[token] = (principal, exp)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
             key, algorithms = self._resolver.resolve(header)
@@ -102,7 +126,7 @@ class Authenticator:
             raise Unauthenticated(
                 "the bearer token is malformed or its signature does not verify", "TOKEN_INVALID"
             ) from None
-        return _principal(claims)
+        return _principal(claims), float(claims["exp"])
 
 
 def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
@@ -146,8 +170,6 @@ def mint(
     secret: str, user_id: uuid.UUID, *, role: Role = Role.AUTHENTICATED, ttl_s: int = 3600
 ) -> str:
     """Signs a development token like Supabase's (`guestfeed token`, tests, demo)."""
-    import time
-
     now = int(time.time())
     claims = {
         "sub": str(user_id),
