@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -105,22 +107,36 @@ class FeedReader:
         """Yields successive pages until history or `max_messages` runs out.
 
         Every page re-checks access, so a guest removed mid-stream is stopped
-        at the next page with PERMISSION_DENIED.
+        with PERMISSION_DENIED within a page or two. The next page is read
+        while the current one is being sent: the database round trip and the
+        network write overlap instead of taking turns.
         """
         remaining = query.max_messages or None
-        token = query.page_token
         model, choice = self.choose_model(who, query)
-        while True:
+
+        def fetch(token: str) -> asyncio.Task[tuple[FeedPage, str]]:
             size = query.page_size if remaining is None else min(query.page_size, remaining)
             step = FeedQuery(query.event_id, size, token, model)
-            page, token = await self.page(who, step, time_remaining=time_remaining)
-            # Later pages resume from a token; the stream's model was chosen once.
-            page = dataclasses.replace(page, model_choice=choice)
-            if remaining is not None:
-                remaining -= len(page.messages)
-            yield page, token
-            if not token or (remaining is not None and remaining <= 0):
-                return
+            return asyncio.create_task(self.page(who, step, time_remaining=time_remaining))
+
+        pending: asyncio.Task[tuple[FeedPage, str]] | None = fetch(query.page_token)
+        try:
+            while pending is not None:
+                page, token = await pending
+                pending = None
+                # Later pages resume from a token; the stream's model was chosen once.
+                page = dataclasses.replace(page, model_choice=choice)
+                if remaining is not None:
+                    remaining -= len(page.messages)
+                if token and (remaining is None or remaining > 0):
+                    pending = fetch(token)
+                yield page, token
+        finally:
+            # The client went away or a page failed: stop the read ahead.
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
 
     def _timeout(self, time_remaining: Deadline) -> float:
         # Database work never outlives the caller's deadline.
