@@ -76,10 +76,12 @@ floor AS (
             AND m.message_type = 'direct'
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
             AND (m.created_at, m.id) >= ((SELECT at FROM bounds), (SELECT id FROM bounds))
-            AND EXISTS (SELECT 1 FROM public.message_deliveries d
-                         WHERE d.message_id = m.id
-                           AND (d.user_id = $2
-                                OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[])))
+            -- A per-row probe, never a hash semi-join (see v1.py).
+            AND (SELECT true FROM public.message_deliveries d
+                  WHERE d.message_id = m.id
+                    AND (d.user_id = $2
+                         OR d.guest_id = ANY((SELECT guest_ids FROM viewer)::uuid[]))
+                  LIMIT 1)
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
         UNION
