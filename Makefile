@@ -6,13 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 
-.PHONY: run test test-fast lint typecheck buf-lint generate check-generated migrate token clean help
+.PHONY: run test test-fast lint typecheck buf-lint generate check-generated migrate token clean bench help
 
 help:
 	@echo "make run       serve the demo event on the embedded PostgreSQL (127.0.0.1:50051)"
 	@echo "make test      run the whole test suite"
 	@echo "make lint      ruff, mypy --strict, buf lint, generated code freshness"
 	@echo "make generate  regenerate generated/ from protos/"
+	@echo "make bench     read-path benchmark, every scale (minutes); writes bench-results/feed.json"
 
 # One venv, rebuilt when the pins change. constraints.txt pins the transitive set.
 $(STAMP): pyproject.toml constraints.txt
@@ -44,6 +45,11 @@ generate: $(STAMP)
 
 check-generated: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+
+# Our v1/v2 read paths against the plan's SQL on generated data (issue 5):
+# every scale in one run on a temporary embedded PostgreSQL, a few minutes.
+bench: $(STAMP)
+	$(BIN)/guestfeed bench feed --scale all --json bench-results/feed.json
 
 migrate: $(STAMP)
 	$(BIN)/guestfeed migrate

@@ -1,0 +1,94 @@
+"""`guestfeed bench feed` runs end to end at the small scale (figures exist; no timing asserted)."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from guestfeed_server.bench import dataset, feed, peer
+
+from .conftest import scratch_database
+
+# A few samples of everything: this checks that the benchmark works, not how fast.
+TINY = feed.FeedOptions(
+    scale="small",
+    iterations=3,
+    peer_iterations=2,
+    warmup=1,
+    concurrency_s=0.3,
+    clients=4,
+    channels=2,
+    stream_runs=1,
+    log=False,
+)
+
+
+def test_peer_function_is_the_plans() -> None:
+    """peer.sql carries the plan's function byte for byte (only its schema differs)."""
+    matches = peer.plan_function_matches()
+    if matches is None:
+        pytest.skip("the plan (../shared/seed/) is not beside this checkout")
+    assert matches
+
+
+def test_scales_name_their_events() -> None:
+    """Every scale names its events; `all` holds the others and the 1M stream event."""
+    keys = {s: {e.key for e in dataset.specs_for(s)} for s in dataset.SCALES}
+    assert keys["small"] == {"small"}
+    assert {"shape", "filler"} <= keys["shape"]
+    assert keys["growth"] == {"growth_1k", "growth_10k", "growth_100k"}
+    assert keys["all"] == keys["shape"] | keys["growth"] | {"stream_1m"}
+    assert dataset.bench_uuid("event", 1, 0) == dataset.specs_for("small")[0].event_id
+
+
+@pytest.mark.timeout(60)
+async def test_small_scale_end_to_end(server_dsn: str) -> None:
+    """Dataset, peer, adapters, gRPC, stream and concurrency all produce figures,
+    and the first page of the peer and of ours (directly and over gRPC) holds 50 rows."""
+    async with scratch_database(server_dsn, "guestfeed_bench_smoke") as (_, dsn):
+        report = await feed.run_in(TINY, dsn)
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            event = dataset.specs_for("small")[0]
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM public.messages WHERE event_id = $1", event.event_id
+                )
+                == event.messages
+            )
+            # Production indexes of the contract, rebuilt after the load, and
+            # ours; the plan's were dropped once the peer had been measured.
+            indexes = {
+                r["indexname"]
+                for r in await conn.fetch(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
+                )
+            }
+            assert {"idx_deliveries_user", "message_deliveries_pkey"} <= indexes
+            assert "gf_messages_event_type_created_id" in indexes
+            assert not set(peer.PLAN_INDEXES) & indexes
+            assert await conn.fetchval(
+                "SELECT to_regprocedure($1) IS NOT NULL",
+                "bench_peer.get_guest_event_messages_v2(uuid, int, timestamptz)",
+            )
+        finally:
+            await conn.close()
+
+    assert report.dataset["counts"]["message_deliveries"] > 0
+    for what in feed.WHATS:
+        first = report.find(what, "small", 1)
+        assert first is not None, what
+        assert first.rows == feed.PAGE_SIZE, what
+        assert first.samples_ms and first.median_ms > 0 and first.p99_ms >= first.median_ms
+        if what != feed.PEER_GENERIC:
+            assert report.find(what, "small", feed.DEEP_PAGE) is not None, what
+    assert report.stream["throughput"]["feed_messages_streamed"] > feed.PAGE_SIZE
+    for key in ("alone", "with_stream"):
+        assert report.concurrency[key]["requests"] > 0
+    assert any("v2 page 1" in k for k in report.explain)
+
+    text = feed.table(report)
+    assert "peer (plan v2 SQL)" in text and "grpc v2" in text
+    data = feed.to_json(report)
+    assert {r["what"] for r in data["rows"]} == set(feed.WHATS)
