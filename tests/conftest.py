@@ -7,14 +7,12 @@ temporary folder. Either way each run gets a fresh database of its own.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -24,6 +22,10 @@ import pytest
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server import server as server_mod
 from guestfeed_server.auth import Role, mint
+from guestfeed_server.bench.scratch import (  # the test modules import scratch_database from here
+    scratch_database as scratch_database,
+)
+from guestfeed_server.bench.scratch import with_database
 from guestfeed_server.config import Settings
 from guestfeed_server.migrate import migrate
 
@@ -37,30 +39,6 @@ SECRET = "test-secret-" + "x" * 40
 hypothesis.settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
-
-
-def _with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server_dsn: str, prefix: str) -> AsyncIterator[tuple[str, str]]:
-    """An empty database of the caller's own, as (name, dsn); dropped WITH (FORCE) after."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield name, _with_database(server_dsn, name)
-    finally:
-        admin = await asyncpg.connect(server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +67,7 @@ async def admin_dsn(server_dsn: str) -> AsyncIterator[str]:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    dsn = _with_database(server_dsn, name)
+    dsn = with_database(server_dsn, name)
     mconn = await asyncpg.connect(dsn)
     try:
         await migrate(mconn)
