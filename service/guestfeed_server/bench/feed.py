@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -234,7 +235,9 @@ async def run_in(options: FeedOptions, dsn: str) -> FeedReport:
             "GUESTFEED_LISTEN": "127.0.0.1:0",
             # No background v1/v2 comparisons: they would add load.
             "GUESTFEED_CONSISTENCY_SAMPLE_RATE": "0",
-        }
+        },
+        # The server still logs every RPC, to a file, as in production.
+        log_file=Path(tempfile.gettempdir()) / f"guestfeed-bench-serve-{os.getpid()}.log",
     )
     try:
         await _measure_grpc(server, report, data, events, viewers, options, say)

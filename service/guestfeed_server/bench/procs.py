@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _READY = re.compile(rb"guestfeed serving on (\S+):(\d+)")
 
@@ -49,13 +50,19 @@ class ServerProcess:
         return self.proc.returncode
 
 
-async def spawn_server(env: Mapping[str, str], *, ready_timeout_s: float = 60.0) -> ServerProcess:
+async def spawn_server(
+    env: Mapping[str, str], *, ready_timeout_s: float = 60.0, log_file: Path | None = None
+) -> ServerProcess:
     """Starts `python -m guestfeed_server.cli serve` with `env` on top of ours.
 
     Pass GUESTFEED_LISTEN=127.0.0.1:0 to let the OS pick the port; the child
-    logs the bound address and this returns once it has.
+    logs the bound address and this returns once it has. With `log_file`, the
+    child's log goes there instead of a pipe: a benchmark's client then never
+    spends its own time reading the server's one-line-per-RPC log.
     """
     full_env = {**os.environ, **env}
+    if log_file is not None:
+        return await _spawn_to_file(full_env, ready_timeout_s, log_file)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -98,3 +105,31 @@ async def spawn_server(env: Mapping[str, str], *, ready_timeout_s: float = 60.0)
 
     server._drain = asyncio.create_task(drain())
     return server
+
+
+async def _spawn_to_file(
+    env: dict[str, str], ready_timeout_s: float, log_file: Path
+) -> ServerProcess:
+    with log_file.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "guestfeed_server.cli",
+            "serve",
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=sink,
+        )
+    deadline = asyncio.get_running_loop().time() + ready_timeout_s
+    while True:
+        text = await asyncio.to_thread(log_file.read_bytes)
+        match = _READY.search(text)
+        if match:
+            return ServerProcess(proc=proc, port=int(match.group(2)), log=[text])
+        if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise RuntimeError("guestfeed serve did not become ready:\n" + text.decode())
+        await asyncio.sleep(0.05)
