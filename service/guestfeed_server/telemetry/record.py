@@ -68,8 +68,6 @@ def note_page(page: FeedPage, *, event_id: str, page_size: int, model_choice: st
     """Adds a served page to the record and, for streams, an event on the span."""
     record = _current.get()
     kinds = Counter((m.message_type.value, source_of(m.is_delivery_backed)) for m in page.messages)
-    types = Counter(t for t, _ in kinds.elements())
-    sources = Counter(s for _, s in kinds.elements())
     if record is not None:
         record.read_model = page.read_model.value
         record.model_choice = model_choice
@@ -80,6 +78,11 @@ def note_page(page: FeedPage, *, event_id: str, page_size: int, model_choice: st
         record.by_kind.update(kinds)
     span = trace.get_current_span()
     if span.is_recording():
+        types: Counter[str] = Counter()
+        sources: Counter[str] = Counter()
+        for (mtype, source), n in kinds.items():
+            types[mtype] += n
+            sources[source] += n
         attrs: dict[str, str | int] = {"guestfeed.page.messages": len(page.messages)}
         attrs.update({f"guestfeed.page.type.{k}": v for k, v in types.items()})
         attrs.update({f"guestfeed.page.source.{k}": v for k, v in sources.items()})
