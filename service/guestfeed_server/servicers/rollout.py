@@ -75,16 +75,10 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         who = convert.principal(self._auth, context)
         require_service(who, "UpdateRolloutConfig")
         violations: list[FieldViolation] = []
-        try:
-            proposed, hash_version = rollout_convert.proposed_config(
-                request.config, has_config=request.HasField("config")
-            )
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
-        try:
-            reason = rollout_convert.update_reason(request.reason)
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
+        proposed, hash_version = rollout_convert.proposed_config(
+            request.config, has_config=request.HasField("config"), violations=violations
+        )
+        reason = rollout_convert.update_reason(request.reason, violations)
         if request.expected_revision <= 0:
             violations.append(
                 FieldViolation(
@@ -125,12 +119,9 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         who = convert.principal(self._auth, context)
         require_service(who, "PreviewRolloutChange")
         violations: list[FieldViolation] = []
-        try:
-            proposed, hash_version = rollout_convert.proposed_config(
-                request.config, has_config=request.HasField("config")
-            )
-        except InvalidArgument as exc:
-            violations.extend(exc.violations)
+        proposed, hash_version = rollout_convert.proposed_config(
+            request.config, has_config=request.HasField("config"), violations=violations
+        )
         if request.max_events < 0:
             violations.append(
                 FieldViolation("max_events", f"must be >= 0, got {request.max_events}", "NEGATIVE")

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from guestfeed.v1 import feed_pb2, rollout_pb2
 
-from ..errors import FieldViolation, InvalidArgument
+from ..errors import FieldViolation
 from ..model import ReadModel
 from ..rollout import HashVersion, Reason, RolloutConfig
 from ..rollout.preview import Impact
@@ -53,14 +53,11 @@ def config_pb(config: RolloutConfig) -> rollout_pb2.RolloutConfig:
 
 
 def proposed_config(
-    pb: rollout_pb2.RolloutConfig, *, has_config: bool
+    pb: rollout_pb2.RolloutConfig, *, has_config: bool, violations: list[FieldViolation]
 ) -> tuple[RolloutConfig, HashVersion | None]:
-    """Validates a proposed config; the hash version is None when left UNSPECIFIED.
-
-    Raises:
-        InvalidArgument: with a field violation for every bad field.
-    """
-    violations: list[FieldViolation] = []
+    """Reads a proposed config, recording a violation for every bad field (the
+    caller raises once, with those of the other fields too). The hash version
+    is None when left UNSPECIFIED."""
     if not has_config:
         violations.append(FieldViolation("config", "is required", "REQUIRED"))
     if not 0 <= pb.v2_percentage <= 100:
@@ -84,8 +81,6 @@ def proposed_config(
                     "UNKNOWN_ENUM_VALUE",
                 )
             )
-    if violations:
-        raise InvalidArgument.of(*violations)
     config = RolloutConfig(
         v2_enabled=pb.v2_enabled,
         v2_percentage=pb.v2_percentage,
@@ -125,11 +120,11 @@ def _overrides(
     return out
 
 
-def update_reason(reason: str) -> str:
-    """The audit reason: required and bounded."""
+def update_reason(reason: str, violations: list[FieldViolation]) -> str:
+    """The audit reason, required and bounded; a violation is recorded otherwise."""
     text = reason.strip()
     if not text or len(text) > MAX_REASON_CHARS:
-        raise InvalidArgument.of(
+        violations.append(
             FieldViolation(
                 "reason",
                 f"is required (1-{MAX_REASON_CHARS} characters): say why, for the audit log",
