@@ -20,6 +20,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from . import errors
+from .interceptors import BehaviorInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -161,38 +162,13 @@ def _wrap_stream(behavior: Stream) -> Stream:
     return handler
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class ErrorMappingInterceptor(BehaviorInterceptor):
     """Wraps unary-unary and unary-stream handlers with the error map."""
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+    def wrap_unary(self, method: str, behavior: Any) -> Any:
+        """See BehaviorInterceptor."""
+        return _wrap_unary(behavior)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        # grpc-stubs type handlers for the sync API; on the aio server the
-        # behaviours are coroutine and async-generator functions.
-        handler: Any = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        # Wrapping once per method keeps the per-call cost to a dict lookup.
-        cached = self._wrapped.get(handler_call_details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = handler
-        if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.unary_stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        self._wrapped[handler_call_details.method] = (handler, wrapped)
-        return wrapped
+    def wrap_stream(self, method: str, behavior: Any) -> Any:
+        """See BehaviorInterceptor."""
+        return _wrap_stream(behavior)

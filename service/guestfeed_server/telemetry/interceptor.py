@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ..interceptors import BehaviorInterceptor
 from . import record as rpc_record
 from .metrics import Metrics
 
@@ -116,7 +117,7 @@ class _Call:
             log.info("rpc", extra=fields)
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class TelemetryInterceptor(BehaviorInterceptor):
     """Traces, logs and measures RPCs of every kind (the request may be a stream)."""
 
     # Codes that mean the server failed, not the caller: these mark spans ERROR
@@ -132,54 +133,22 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         }
     )
 
+    # Reflection is bidirectional: traced too when trace_health asks for it.
+    kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
     def __init__(self, tracer: trace.Tracer, metrics: Metrics, *, trace_health: bool) -> None:
+        super().__init__()
         self.tracer = tracer
         self.metrics = metrics
         self._trace_health = trace_health
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler: Any = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or (not self._trace_health and method.startswith(_QUIET_PREFIXES)):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = handler
-        if handler.unary_unary is not None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.unary_stream is not None:
-            wrapped = grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.stream_unary is not None:
-            wrapped = grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        elif handler.stream_stream is not None:
-            # Reflection is bidirectional: traced too when trace_health asks for it.
-            wrapped = grpc.stream_stream_rpc_method_handler(
-                self._stream(method, handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def skip(self, method: str) -> bool:
+        """Health and reflection stay untraced unless trace_health."""
+        return not self._trace_health and method.startswith(_QUIET_PREFIXES)
 
-    def _unary(self, method: str, behavior: Any) -> Any:
+    def wrap_unary(self, method: str, behavior: Any) -> Any:
+        """One span, log line and metrics around a single-response call."""
+
         async def handler(request: Any, context: Any) -> Any:
             call = _Call(self, method, context)
             exc: BaseException | None = None
@@ -194,7 +163,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
 
         return handler
 
-    def _stream(self, method: str, behavior: Any) -> Any:
+    def wrap_stream(self, method: str, behavior: Any) -> Any:
+        """One span for the whole stream, ended however the stream ends."""
+
         async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
             call = _Call(self, method, context)
             exc: BaseException | None = None
