@@ -12,8 +12,8 @@ import pytest
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 from guestfeed_server.auth import Role, mint
-from guestfeed_server.bench.procs import ServerProcess, spawn_server
-from guestfeed_server.bench.propagation import flip_and_wait
+from guestfeed_server.bench.procs import ServerProcess
+from guestfeed_server.bench.propagation import flip_and_wait, start_replicas
 from guestfeed_server.migrate import migrate
 
 from .conftest import SECRET, scratch_database
@@ -36,21 +36,13 @@ async def replicas(server_dsn: str) -> AsyncIterator[Replicas]:
             await migrate(conn)
         finally:
             await conn.close()
-        env = {
-            "GUESTFEED_DATABASE_URL": dsn,
-            "GUESTFEED_JWT_SECRET": SECRET,
-            "GUESTFEED_LISTEN": "127.0.0.1:0",
-            "GUESTFEED_ROLLOUT_REFRESH_S": "60",
-        }
-        a = await spawn_server(env)
+        a, b = await start_replicas(dsn, SECRET, refresh_s=60)
         try:
-            b = await spawn_server(env)
-            try:
-                yield Replicas(a, b, dsn)
-            finally:
-                assert await b.stop() == 0, b"".join(b.log).decode()
+            yield Replicas(a, b, dsn)
         finally:
-            assert await a.stop() == 0, b"".join(a.log).decode()
+            code_b, code_a = await b.stop(), await a.stop()
+            assert code_b == 0, b"".join(b.log).decode()
+            assert code_a == 0, b"".join(a.log).decode()
 
 
 class TestTwoReplicas:

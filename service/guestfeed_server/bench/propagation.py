@@ -42,13 +42,16 @@ class PropagationResult:
     samples_ms: list[float]
 
 
-async def _replicas(dsn: str) -> tuple[ServerProcess, ServerProcess]:
+async def start_replicas(
+    dsn: str, secret: str, *, refresh_s: float = 30
+) -> tuple[ServerProcess, ServerProcess]:
+    """Two `guestfeed serve` processes on one database. The periodic re-read
+    is long enough that only a NOTIFY can explain a fast propagation."""
     env = {
         "GUESTFEED_DATABASE_URL": dsn,
-        "GUESTFEED_JWT_SECRET": SECRET,
+        "GUESTFEED_JWT_SECRET": secret,
         "GUESTFEED_LISTEN": "127.0.0.1:0",
-        # Long enough that only a NOTIFY can explain a fast propagation.
-        "GUESTFEED_ROLLOUT_REFRESH_S": "30",
+        "GUESTFEED_ROLLOUT_REFRESH_S": str(refresh_s),
     }
     a = await spawn_server(env)
     try:
@@ -108,7 +111,7 @@ async def _run_on(flips: int, server_dsn: str) -> PropagationResult:
             await migrate(conn)
         finally:
             await conn.close()
-        a, b = await _replicas(dsn)
+        a, b = await start_replicas(dsn, SECRET)
         try:
             metadata = (
                 ("authorization", f"Bearer {mint(SECRET, uuid.uuid4(), role=Role.SERVICE_ROLE)}"),
