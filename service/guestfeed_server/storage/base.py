@@ -44,6 +44,31 @@ SELECT v.guest_ids, v.tags, v.guest_name, r.*
 """
 
 
+def rows_and_result(delivery_match: str) -> str:
+    """The tail both stores share: the page's rows with sender and latest
+    delivery status, then `RESULT_SQL`. `delivery_match` says which of a
+    message's deliveries are the caller's (a condition on `d`)."""
+    return f"""rows AS (
+    SELECT p.id, p.content, p.created_at, p.message_type::text AS message_type,
+           COALESCE(p.sender_user_id = $2, false) AS is_own,
+           u.full_name, u.avatar_url,
+           ld.sms_status AS delivery_status
+      FROM page p
+      -- LIMIT 1 keeps this a per-row primary-key probe: flattened into a
+      -- join, the planner may hash the whole users table for 50 rows.
+      LEFT JOIN LATERAL (
+            SELECT u.full_name, u.avatar_url FROM public.users u
+             WHERE u.id = p.sender_user_id
+             LIMIT 1) u ON true
+      LEFT JOIN LATERAL (
+            SELECT d.sms_status FROM public.message_deliveries d
+             WHERE d.message_id = p.id AND {delivery_match}
+             ORDER BY d.created_at DESC, d.id DESC
+             LIMIT 1) ld ON true
+)
+{RESULT_SQL}"""
+
+
 class FeedStore(Protocol):
     """Reads one page of a guest's feed.
 

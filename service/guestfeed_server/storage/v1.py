@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncpg
 
 from ..model import ReadModel
-from .base import RESULT_SQL, VIEWER_CTE, SqlFeedStore
+from .base import VIEWER_CTE, SqlFeedStore, rows_and_result
 
 # Each branch walks an index newest-first and stops at its LIMIT, then the
 # merge keeps the top $5: the cost follows the page size, not the history.
@@ -45,25 +45,7 @@ page AS (
     ORDER BY created_at DESC, id DESC
     LIMIT $5
 ),
-rows AS (
-    SELECT p.id, p.content, p.created_at, p.message_type::text AS message_type,
-           COALESCE(p.sender_user_id = $2, false) AS is_own,
-           u.full_name, u.avatar_url,
-           ld.sms_status AS delivery_status
-      FROM page p
-      -- LIMIT 1 keeps this a per-row primary-key probe: flattened into a
-      -- join, the planner may hash the whole users table for 50 rows.
-      LEFT JOIN LATERAL (
-            SELECT u.full_name, u.avatar_url FROM public.users u
-             WHERE u.id = p.sender_user_id
-             LIMIT 1) u ON true
-      LEFT JOIN LATERAL (
-            SELECT d.sms_status FROM public.message_deliveries d
-             WHERE d.message_id = p.id AND d.user_id = $2
-             ORDER BY d.created_at DESC, d.id DESC
-             LIMIT 1) ld ON true
-)
-{RESULT_SQL}"""
+{rows_and_result("d.user_id = $2")}"""
 
 
 class V1DeliveriesStore(SqlFeedStore):
