@@ -13,6 +13,12 @@ from .errors import RPCError
 TokenSource = str | Callable[[], str]
 
 
+def bearer_metadata(token: TokenSource) -> tuple[tuple[str, str], ...]:
+    """Call metadata with the token (fetched afresh when it is a function)."""
+    value = token() if callable(token) else token
+    return (("authorization", f"Bearer {value}"),)
+
+
 class GuestFeedClient:
     """Calls the service with a bearer token; failures raise `RPCError`.
 
@@ -31,8 +37,7 @@ class GuestFeedClient:
         self._timeout = timeout
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self._token() if callable(self._token) else self._token
-        return (("authorization", f"Bearer {token}"),)
+        return bearer_metadata(self._token)
 
     async def list_messages(
         self,

@@ -8,7 +8,7 @@ import grpc
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 
-from .aio import TokenSource
+from .aio import TokenSource, bearer_metadata
 from .errors import RPCError
 
 
@@ -21,8 +21,7 @@ class GuestFeedSyncClient:
         self._timeout = timeout
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        token = self._token() if callable(self._token) else self._token
-        return (("authorization", f"Bearer {token}"),)
+        return bearer_metadata(self._token)
 
     def list_messages(
         self,
