@@ -15,9 +15,9 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .background import start_background
 from .model import Cursor, FeedMessage, ReadModel, Viewer
 from .storage import FeedStore
-from .telemetry import untraced
 from .telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ class ConsistencySampler:
             return
         # Background work after the response: its queries are not part of
         # the caller's trace (that span has ended by the time they run).
-        with untraced():
-            self._running = asyncio.create_task(self._check(viewer), name="guestfeed-consistency")
+        self._running = start_background(self._check(viewer), "guestfeed-consistency")
 
     async def check(self, viewer: Viewer) -> Comparison:
         """Compares v1 and v2 for `viewer` now and records the metrics."""

@@ -9,7 +9,6 @@ cannot leave the status stale (grpclib's health checks do the same).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,7 +16,7 @@ import asyncpg
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
-from .telemetry import untraced
+from .background import start_background, stop_background
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +70,7 @@ class DatabaseHealth:
 
     def start(self) -> None:
         """Starts probing in the background."""
-        with untraced():
-            self._task = asyncio.create_task(self._run(), name="guestfeed-health")
+        self._task = start_background(self._run(), "guestfeed-health")
 
     async def _run(self) -> None:
         while True:
@@ -81,8 +79,5 @@ class DatabaseHealth:
 
     async def stop(self) -> None:
         """Stops probing and reports NOT_SERVING for everything (shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_background(self._task)
         await self.servicer.enter_graceful_shutdown()

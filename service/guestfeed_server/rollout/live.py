@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from ..telemetry import untraced
+from ..background import start_background, stop_background
 from . import store
 from .config import RolloutConfig
 from .policy import Decision, decide
@@ -83,8 +83,7 @@ class RolloutState:
 
     async def start(self, *, initial_wait_s: float = 5.0) -> None:
         """Starts the loop and waits (bounded) for the first read."""
-        with untraced():
-            self._task = asyncio.create_task(self._run(), name="guestfeed-rollout")
+        self._task = start_background(self._run(), "guestfeed-rollout")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), initial_wait_s)
         if self.fail_safe:
@@ -95,10 +94,7 @@ class RolloutState:
 
     async def stop(self) -> None:
         """Stops listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_background(self._task)
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

@@ -12,12 +12,11 @@ The rollout must leave both flat; the SMS pipeline itself is never touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
 
-from . import untraced
+from ..background import start_background, stop_background
 from .metrics import GaugeSources
 
 log = logging.getLogger(__name__)
@@ -69,8 +68,7 @@ class SmsHealthJob:
 
     def start(self) -> None:
         """Starts the schedule in the background."""
-        with untraced():
-            self._task = asyncio.create_task(self._run(), name="guestfeed-sms-health")
+        self._task = start_background(self._run(), "guestfeed-sms-health")
 
     async def _run(self) -> None:
         while True:
@@ -85,7 +83,4 @@ class SmsHealthJob:
 
     async def stop(self) -> None:
         """Stops the schedule."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_background(self._task)
