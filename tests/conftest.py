@@ -27,6 +27,7 @@ from guestfeed_server.bench.scratch import (  # the test modules import scratch_
 )
 from guestfeed_server.bench.scratch import with_database
 from guestfeed_server.config import Settings
+from guestfeed_server.db import create_pool
 from guestfeed_server.migrate import migrate
 
 from .factory import World
@@ -131,8 +132,8 @@ class Client:
 async def start_client(dsn: str, **settings: str) -> Client:
     """Starts a server on 127.0.0.1:0 against `dsn` and connects to it."""
     cfg = test_settings(**settings)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
-    assert pool is not None
+    # The production pool (its connection class and session settings).
+    pool = await create_pool(dsn, cfg)
     app = await server_mod.start(cfg, pool, SECRET, dsn=dsn, listen="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     return Client(
