@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime
 from typing import Protocol
@@ -34,13 +35,23 @@ viewer AS (
     HAVING count(*) > 0
 )"""
 
-# Rows of the page joined to the viewer: no row means "not a guest"; one row
-# with a NULL id means "a guest with an empty page". One round trip either way.
+# The viewer's row first, then the page's rows newest first; no row at all
+# means "not a guest". One round trip either way. The viewer's arrays travel
+# once, not on each of the page's rows (that cost 40 us a page), and the
+# ORDER BY, not UNION ALL's order, puts the viewer's row (NULL id) first.
 RESULT_SQL = """
-SELECT v.guest_ids, v.tags, v.guest_name, r.*
-  FROM viewer v
-  LEFT JOIN rows r ON true
- ORDER BY r.created_at DESC, r.id DESC
+SELECT * FROM (
+    SELECT v.guest_ids, v.tags, v.guest_name,
+           NULL::uuid AS id, NULL::text AS content, NULL::timestamptz AS created_at,
+           NULL::text AS message_type, NULL::boolean AS is_own, NULL::text AS full_name,
+           NULL::text AS avatar_url, NULL::text AS delivery_status
+      FROM viewer v
+    UNION ALL
+    SELECT NULL, NULL, NULL, r.*
+      FROM rows r
+     WHERE EXISTS (SELECT FROM viewer)
+) result
+ORDER BY id IS NOT NULL, created_at DESC, id DESC
 """
 
 
@@ -154,8 +165,7 @@ class SqlFeedStore:
         )
         messages = [
             to_message(r, viewer, delivery_backed=self.delivery_backed(r))
-            for r in rows
-            if r["id"] is not None
+            for r in itertools.islice(rows, 1, None)
         ]
         return viewer, messages
 
@@ -181,25 +191,22 @@ _TYPES = {t.value: t for t in MessageType}
 
 def to_message(row: asyncpg.Record, viewer: Viewer, *, delivery_backed: bool) -> FeedMessage:
     """Builds a feed entry from a page row; the fallbacks are the plan's."""
-    own = bool(row["is_own"])
+    own: bool = row["is_own"]
     full_name: str | None = row["full_name"]
-    if own:
-        sender = full_name or viewer.guest_name or "You"
-    else:
-        sender = full_name or "Host"
     status: str | None = row["delivery_status"]
     if status is None:
         # No delivery to the caller: their own message was sent by them;
         # anything else has no SMS status to report.
         status = "sent" if own else ""
+    # Positional, in field order: this runs fifty times a page.
     return FeedMessage(
-        message_id=row["id"],
-        content=row["content"],
-        created_at=row["created_at"],
-        delivery_status=status,
-        sender_name=sender,
-        sender_avatar_url=row["avatar_url"] or "",
-        message_type=_TYPES[row["message_type"]],
-        is_own_message=own,
-        is_delivery_backed=delivery_backed,
+        row["id"],
+        row["content"],
+        row["created_at"],
+        status,
+        (full_name or viewer.guest_name or "You") if own else (full_name or "Host"),
+        row["avatar_url"] or "",
+        _TYPES[row["message_type"]],
+        own,
+        delivery_backed,
     )

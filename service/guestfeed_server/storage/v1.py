@@ -13,13 +13,14 @@ from .base import VIEWER_CTE, SqlFeedStore, rows_and_result
 
 # Each branch walks an index newest-first and stops at its LIMIT, then the
 # merge keeps the top $5: the cost follows the page size, not the history.
-# UNION (not UNION ALL) drops a message that both branches produce.
+# DISTINCT ON over the merged branches drops a message that two branches
+# produce (a plain UNION also would, but hashes every column, content too).
 # Retries write several delivery rows per recipient; EXISTS counts a message
 # once however many there are, and the LATERAL picks the latest for its status.
 PAGE_SQL = f"""
 WITH {VIEWER_CTE},
 page AS (
-    SELECT * FROM (
+    SELECT DISTINCT ON (created_at, id) * FROM (
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
@@ -33,7 +34,7 @@ page AS (
                   LIMIT 1)
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
-        UNION
+        UNION ALL
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1

@@ -18,9 +18,10 @@ from ..model import MessageType, ReadModel
 from .base import VIEWER_CTE, SqlFeedStore, rows_and_result
 
 # Same shape as v1: every branch is an index walk newest-first with its own
-# LIMIT, merged by UNION (a message in two branches appears once) and cut to
-# $5. A channel message whose scheduled message is missing has no audience we
-# can check, so it is not shown (fail closed: a leak is worse than a gap).
+# LIMIT, merged with DISTINCT ON (a message in two branches appears once; a
+# plain UNION would hash every column, content too) and cut to $5. A channel
+# message whose scheduled message is missing has no audience we can check,
+# so it is not shown (fail closed: a leak is worse than a gap).
 #
 # The floor keeps sparse branches from walking the whole history. Every
 # guest sees every announcement, so if $5 announcements lie below the cursor,
@@ -43,7 +44,7 @@ floor AS (
     SELECT COALESCE((SELECT created_at FROM floor), '-infinity'::timestamptz) AS at,
            COALESCE((SELECT id FROM floor), '00000000-0000-0000-0000-000000000000'::uuid) AS id
 ), page AS (
-    SELECT * FROM (
+    SELECT DISTINCT ON (created_at, id) * FROM (
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
@@ -51,7 +52,7 @@ floor AS (
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
-        UNION
+        UNION ALL
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
            -- A primary-key probe per channel message in range (LIMIT 1 stops
@@ -69,7 +70,7 @@ floor AS (
                  OR sm.target_guest_tags && (SELECT tags FROM viewer))
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
-        UNION
+        UNION ALL
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
@@ -84,7 +85,7 @@ floor AS (
                   LIMIT 1)
           ORDER BY m.created_at DESC, m.id DESC
           LIMIT $5)
-        UNION
+        UNION ALL
         (SELECT m.id, m.created_at, m.content, m.message_type, m.sender_user_id
            FROM public.messages m
           WHERE m.event_id = $1
