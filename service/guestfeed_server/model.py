@@ -6,6 +6,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 
 class ReadModel(enum.Enum):
@@ -50,9 +51,13 @@ class Viewer:
     guest_name: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class FeedMessage:
-    """One feed entry, as both read models produce it."""
+class FeedMessage(NamedTuple):
+    """One feed entry, as both read models produce it.
+
+    A NamedTuple rather than a frozen dataclass: a page builds fifty of these
+    per call, and a frozen dataclass's __init__ (one object.__setattr__ per
+    field) cost about 60 us a page, a tuple a third of that.
+    """
 
     message_id: uuid.UUID
     content: str

@@ -36,11 +36,11 @@ class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
         )
         page, token = await self._reader.page(who, query, time_remaining=context.time_remaining)
         _observe(page, query, first=True)
-        return feed_pb2.ListMessagesResponse(
-            messages=[convert.message_pb(m) for m in page.messages],
-            next_page_token=token,
-            read_model=convert.read_model_pb(page.read_model),
+        response = feed_pb2.ListMessagesResponse(
+            next_page_token=token, read_model=convert.read_model_pb(page.read_model)
         )
+        convert.add_messages(response.messages, page.messages)
+        return response
 
     async def StreamMessages(  # noqa: N802 (gRPC method name)
         self, request: feed_pb2.StreamMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -60,11 +60,11 @@ class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
         ):
             _observe(page, query, first=first)
             first = False
-            yield feed_pb2.StreamMessagesResponse(
-                messages=[convert.message_pb(m) for m in page.messages],
-                next_page_token=token,
-                read_model=convert.read_model_pb(page.read_model),
+            response = feed_pb2.StreamMessagesResponse(
+                next_page_token=token, read_model=convert.read_model_pb(page.read_model)
             )
+            convert.add_messages(response.messages, page.messages)
+            yield response
 
 
 def _observe(page: FeedPage, query: FeedQuery, *, first: bool) -> None:
