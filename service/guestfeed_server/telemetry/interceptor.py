@@ -44,6 +44,12 @@ def _split(full_method: str) -> tuple[str, str]:
     return service, method
 
 
+def _log_rpc(span: Any, fields: dict[str, Any]) -> None:
+    """Writes the RPC's log line, with its span's trace ids."""
+    with trace.use_span(span, end_on_exit=False):
+        log.info("rpc", extra=fields)
+
+
 class _Call:
     """The span and bookkeeping of one RPC."""
 
@@ -113,8 +119,10 @@ class _Call:
                 by_type=dict(rec.by_type),
                 by_source=dict(rec.by_source),
             )
-        with trace.use_span(span, end_on_exit=False):
-            log.info("rpc", extra=fields)
+        # Written on the loop's next turn, once gRPC has started sending the
+        # response: formatting and writing the line (70 us in a server
+        # under load) is then off the caller's path, and still in order.
+        asyncio.get_running_loop().call_soon(_log_rpc, span, fields)
 
 
 class TelemetryInterceptor(BehaviorInterceptor):
