@@ -32,82 +32,48 @@ import asyncpg
 
 from . import dataset, peer
 from .common import (
-    ADAPTER_V1,
-    ADAPTER_V2,
     DEEP_PAGE,
-    GRPC_V1,
-    GRPC_V2,
     PAGE_SIZE,
-    PEER,
-    PEER_DEEP_MAX_S,
     PEER_GENERIC,
-    PEER_TIMEOUT_S,
-    QUERY_TIMEOUT_S,
     SECRET,
-    STREAM_PAGE_SIZE,
     WHATS,
     FeedOptions,
     _Progress,
 )
 from .machine import _dataset_json, _machine, _options_json
 from .measure_db import (
-    PLAN_COUNTS_SQL,
-    VIEWER_SQL,
-    VIEWERS_SQL,
     _explain,
     _measure_adapters,
     _measure_peer,
+    _viewers,
 )
-from .measure_db import _explain_generic as _explain_generic
-from .measure_db import _viewers as _viewers
 from .measure_grpc import _measure_grpc
-from .measure_grpc import _metadata as _metadata
 from .procs import spawn_server
 from .report import (
     FeedReport,
     Series,
     explain_text,
-    percentile,
-    ratios,
     table,
-    targets,
     to_json,
     write_json,
 )
 from .scratch import embedded_server, scratch_database
 
-# What callers use as `feed.<name>`, now defined in the modules beside this one.
-# Scripts also import `_viewers`, `_metadata` and `_explain_generic` from here:
-# those are imported `as` themselves above, which re-exports them too.
+# What `guestfeed bench feed` and its tests use as `feed.<name>`; the
+# pieces are defined in the modules beside this one.
 __all__ = [
-    "ADAPTER_V1",
-    "ADAPTER_V2",
     "DEEP_PAGE",
-    "GRPC_V1",
-    "GRPC_V2",
     "PAGE_SIZE",
-    "PEER",
-    "PEER_DEEP_MAX_S",
     "PEER_GENERIC",
-    "PEER_TIMEOUT_S",
-    "PLAN_COUNTS_SQL",
-    "QUERY_TIMEOUT_S",
-    "SECRET",
-    "STREAM_PAGE_SIZE",
-    "VIEWERS_SQL",
-    "VIEWER_SQL",
     "WHATS",
     "FeedOptions",
     "FeedReport",
     "Series",
     "explain_text",
-    "percentile",
-    "ratios",
     "run",
     "run_in",
     "run_on",
     "table",
-    "targets",
     "to_json",
     "write_json",
 ]
