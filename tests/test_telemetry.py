@@ -33,6 +33,7 @@ from guestfeed_server import server as server_mod
 from guestfeed_server import telemetry as telemetry_mod
 from guestfeed_server.auth import Role, mint
 from guestfeed_server.config import ConfigError
+from guestfeed_server.db import create_pool
 from guestfeed_server.migrate import migrate
 from guestfeed_server.rollout import Decision, RolloutPolicy
 from guestfeed_server.telemetry import Telemetry
@@ -117,10 +118,10 @@ async def traced_server(
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     telemetry = Telemetry.create(tracing.provider, meter_provider, trace_health=trace_health)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_max)
-    assert pool is not None
+    cfg = conftest.test_settings(GUESTFEED_DB_POOL_MAX=str(pool_max), **settings)
+    pool = await create_pool(dsn, cfg)  # the production pool, as `guestfeed serve` makes it
     app = await server_mod.start(
-        conftest.test_settings(**settings),
+        cfg,
         pool,
         SECRET,
         dsn=None if rollout is not None else dsn,

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from .background import start_background
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ class TrackedPool:
     def _release_soon(self, conn: PoolConnectionProxy) -> None:
         # The pool rolls back an open transaction and waits out a cancelled
         # query before the connection is lent again; the task is kept so it
-        # is not collected midway, and `Pool.close` waits for it.
-        task = asyncio.get_running_loop().create_task(self.pool.release(conn))
+        # is not collected midway, and `Pool.close` waits for it. Untraced:
+        # it outlives the RPC whose span it would otherwise join.
+        task = start_background(self.pool.release(conn), "guestfeed-pool-release")
         self._releasing.add(task)
         task.add_done_callback(self._released)
 
