@@ -129,11 +129,15 @@ def add_messages(
             content=msg.content,
             delivery_status=msg.delivery_status,
             sender_name=msg.sender_name,
-            sender_avatar_url=msg.sender_avatar_url,
             message_type=_TYPE_TO_PB[msg.message_type],
-            is_own_message=msg.is_own_message,
-            is_delivery_backed=msg.is_delivery_backed,
         )
+        # Set only when not the proto3 default (most rows): fewer field writes.
+        if msg.sender_avatar_url:
+            pb.sender_avatar_url = msg.sender_avatar_url
+        if msg.is_own_message:
+            pb.is_own_message = True
+        if msg.is_delivery_backed:
+            pb.is_delivery_backed = True
         at = pb.created_at
         at.seconds = seconds
         at.nanos = micros * 1000
