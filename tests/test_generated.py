@@ -71,3 +71,10 @@ class TestGenProtosCheck:
         assert "Protos changed" in result.stdout
         stale = [line.strip() for line in result.stdout.splitlines()[1:]]
         assert stale == [name]
+
+
+def test_the_installed_protobuf_runs_on_upb() -> None:
+    """The pinned protobuf builds messages in C; the pure-Python fallback is far slower."""
+    from guestfeed_server.server import protobuf_backend
+
+    assert protobuf_backend() == "upb"

@@ -87,6 +87,8 @@ def _token(settings: Settings, ns: argparse.Namespace) -> int:
 def _serve(settings: Settings, ns: argparse.Namespace) -> int:
     telemetry = Telemetry.from_env()  # exporter settings fail before any database starts
     database, secret = db.resolve(settings)
+    # asyncio's own loop: uvloop was measured here and did not help
+    # (docs/performance.md), so it is not a dependency.
     return asyncio.run(_serve_async(settings, database, secret, demo=ns.demo, telemetry=telemetry))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import grpc
+from google.protobuf.internal import api_implementation
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -47,6 +48,11 @@ SERVICE_NAMES = (
     feed_pb2.DESCRIPTOR.services_by_name["GuestFeedService"].full_name,
     rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
 )
+
+
+def protobuf_backend() -> str:
+    """Which protobuf implementation runs: "upb" (C, the default), "cpp" or "python"."""
+    return str(api_implementation.Type())
 
 
 @dataclass
@@ -93,6 +99,11 @@ async def start(
     off unless given (`Telemetry.from_env()` in `guestfeed serve`).
     """
     telemetry = telemetry or Telemetry.disabled()
+    if protobuf_backend() != "upb":
+        # Building a page's messages is the costliest Python step of an RPC;
+        # the pure-Python backend (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python)
+        # is many times slower than upb, the default of the pinned protobuf.
+        log.warning("protobuf's %r backend is in use: pages build slowly", protobuf_backend())
     auth = Authenticator(HS256Secret(jwt_secret))
     tracked = TrackedPool(pool)
     telemetry.sources.pool_in_use = tracked.in_use

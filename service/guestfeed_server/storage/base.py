@@ -150,6 +150,10 @@ class SqlFeedStore:
     ) -> tuple[Viewer | None, list[FeedMessage]]:
         """See `FeedStore.fetch`."""
         at = cursor or START
+        # One statement text for every page and caller: asyncpg prepares it
+        # once per connection and keeps it in its statement cache, so a page
+        # costs one Bind/Execute round trip, and PostgreSQL settles on the
+        # generic plan the statement is written for (see START).
         rows = await conn.fetch(
             self.sql, event_id, user_id, at.created_at, at.message_id, limit, timeout=timeout
         )
