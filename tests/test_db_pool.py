@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from guestfeed_server.db import create_pool
+from guestfeed_server.db import FairGate, TrackedPool, create_pool
 
 from . import conftest
 from .conftest import scratch_database
@@ -58,3 +59,74 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(
         assert await conn.fetchval("SELECT count(*) FROM written") == 0
         await conn.execute("INSERT INTO written VALUES (2)")
         assert await conn.fetchval("SELECT count(*) FROM written") == 1
+
+
+class TestFairGate:
+    async def test_waiters_are_admitted_in_arrival_order_and_newcomers_queue_behind_them(
+        self,
+    ) -> None:
+        gate = FairGate(1)
+        assert gate.try_enter()
+        admitted: list[int] = []
+
+        async def borrower(n: int) -> None:
+            await gate.enter()
+            admitted.append(n)
+            await asyncio.sleep(0)
+            gate.exit()
+
+        tasks = []
+        for n in range(5):
+            tasks.append(asyncio.create_task(borrower(n)))
+            await asyncio.sleep(0)  # each is queued before the next arrives
+        # A slot comes free while five wait: a newcomer may not take it first.
+        gate.exit()
+        assert not gate.try_enter()
+        await asyncio.gather(*tasks)
+        assert admitted == [0, 1, 2, 3, 4]
+        assert gate.try_enter()  # and the slot is free again at the end
+
+    async def test_a_waiter_that_gives_up_leaves_its_place_to_the_next(self) -> None:
+        gate = FairGate(1)
+        assert gate.try_enter()
+        quitter = asyncio.create_task(gate.enter())
+        patient = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        quitter.cancel()
+        await asyncio.sleep(0)
+        gate.exit()
+        await asyncio.wait_for(patient, 1)
+        assert quitter.cancelled()
+        assert not gate.try_enter()  # the patient waiter holds the only slot
+        gate.exit()
+        assert gate.try_enter()
+
+    async def test_a_slot_handed_over_as_its_waiter_is_cancelled_is_passed_on(self) -> None:
+        gate = FairGate(1)
+        assert gate.try_enter()
+        first = asyncio.create_task(gate.enter())
+        second = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        gate.exit()  # hands the slot to `first`, which has not run yet...
+        first.cancel()  # ...and is cancelled before it does
+        await asyncio.wait_for(second, 1)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gate.exit()
+        assert gate.try_enter()
+        assert not gate.try_enter()  # never more holders than slots
+
+
+async def test_a_borrower_that_times_out_takes_no_slot_with_it(
+    pool_and_dsn: tuple[asyncpg.Pool, str],
+) -> None:
+    pool, _ = pool_and_dsn  # one connection
+    tracked = TrackedPool(pool)
+    async with tracked.acquire(timeout=1):
+        with pytest.raises(TimeoutError):
+            async with tracked.acquire(timeout=0.05):
+                pass  # pragma: no cover - never admitted
+        assert tracked.waiting == 0
+    # The holder's connection goes back in a task; the next borrower gets it.
+    async with tracked.acquire(timeout=1) as conn:
+        assert await conn.fetchval("SELECT 1") == 1
