@@ -8,6 +8,9 @@ norm (a bulk send writes many rows at once), so every test here has them.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -20,7 +23,7 @@ from hypothesis import strategies as st
 
 from guestfeed.v1 import feed_pb2
 
-from .conftest import Client
+from .conftest import SECRET, Client
 from .factory import BASE, World
 from .helpers import MODELS, field_violations
 from .oracle import Expected, feed
@@ -380,6 +383,25 @@ def flip(token: str, at: int) -> str:
     return token[:at] + new + token[at + 1 :]
 
 
+def v1_token(
+    event: uuid.UUID, user: uuid.UUID, *, read_model_code: int, micros: int, message_id: str
+) -> str:
+    """A page token in the version 1 format (HMAC-SHA256), frozen here as issued then."""
+    key = hashlib.sha256(b"guestfeed page token v1\x00" + SECRET.encode()).digest()
+    body = struct.pack(
+        ">BB16s8sq16s",
+        1,
+        read_model_code,
+        event.bytes,
+        hashlib.sha256(user.bytes).digest()[:8],
+        micros,
+        uuid.UUID(message_id).bytes,
+    )
+    return (
+        base64.urlsafe_b64encode(body + hmac.digest(key, body, "sha256")[:12]).rstrip(b"=").decode()
+    )
+
+
 class TestPageTokens:
     """Tokens are opaque, tamper-evident and bound to event, caller and read model."""
 
@@ -426,6 +448,26 @@ class TestPageTokens:
         event, user, token = await self.first_token(client, world, issued)
         err = await expect_invalid(
             list_page(client, event, user, model=MODELS[used], size=2, token=token)
+        )
+        assert "page_token" in field_violations(err)
+
+    async def test_a_version_1_token_from_a_replica_not_yet_upgraded_still_resumes(
+        self, client: Client, world: World
+    ) -> None:
+        """Tokens minted with the old HMAC-SHA256 scheme keep working during a rollout."""
+        event, user, token = await self.first_token(client, world)
+        first = await list_page(client, event, user, model=MODELS["v2"], size=2)
+        last = first.messages[-1]
+        micros = last.created_at.seconds * 1_000_000 + last.created_at.nanos // 1000
+        old = v1_token(event, user, read_model_code=2, micros=micros, message_id=last.message_id)
+        via_old = await list_page(client, event, user, model=MODELS["v2"], size=2, token=old)
+        via_new = await list_page(client, event, user, model=MODELS["v2"], size=2, token=token)
+        assert [m.message_id for m in via_old.messages] == [m.message_id for m in via_new.messages]
+        assert via_old.messages
+        # ...and an old token is bound to its caller like a new one.
+        someone_else, _ = await world.member(event)
+        err = await expect_invalid(
+            list_page(client, event, someone_else, model=MODELS["v2"], size=2, token=old)
         )
         assert "page_token" in field_violations(err)
 
