@@ -83,8 +83,11 @@ class _Call:
         code_value = code.value[0]
         elapsed_ms = (time.perf_counter() - self.started) * 1000
         span, rec = self.span, self.record
+        by_type, by_source = (
+            (dict(rec.by_type), dict(rec.by_source)) if rec.read_model else ({}, {})
+        )
         span.set_attribute("rpc.grpc.status_code", code_value)
-        if rec.read_model:
+        if rec.read_model and span.is_recording():
             span.set_attributes(
                 {
                     "guestfeed.read_model": rec.read_model,
@@ -93,8 +96,8 @@ class _Call:
                     "guestfeed.page_size": rec.page_size,
                     "guestfeed.pages": rec.pages,
                     "guestfeed.messages.count": rec.messages,
-                    **{f"guestfeed.messages.type.{k}": v for k, v in rec.by_type.items()},
-                    **{f"guestfeed.messages.source.{k}": v for k, v in rec.by_source.items()},
+                    **{f"guestfeed.messages.type.{k}": v for k, v in by_type.items()},
+                    **{f"guestfeed.messages.source.{k}": v for k, v in by_source.items()},
                 }
             )
         if code in self.owner.server_error_codes:
@@ -116,8 +119,8 @@ class _Call:
                 model_choice=rec.model_choice,
                 pages=rec.pages,
                 messages=rec.messages,
-                by_type=dict(rec.by_type),
-                by_source=dict(rec.by_source),
+                by_type=by_type,
+                by_source=by_source,
             )
         # Written on the loop's next turn, once gRPC has started sending the
         # response: formatting and writing the line (70 us in a server
