@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guestfeed_server.db import FairGate, TrackedPool, create_pool
 
@@ -130,3 +133,72 @@ async def test_a_borrower_that_times_out_takes_no_slot_with_it(
     # The holder's connection goes back in a task; the next borrower gets it.
     async with tracked.acquire(timeout=1) as conn:
         assert await conn.fetchval("SELECT 1") == 1
+
+
+@dataclass
+class _Borrower:
+    n: int
+    task: asyncio.Task[None]
+    leave: asyncio.Event
+
+
+async def _gate_scenario(size: int, ops: list[tuple[str, int]]) -> None:
+    """Runs arrivals, departures and give-ups against a gate and checks it after each."""
+    gate = FairGate(size)
+    admitted: list[int] = []
+    borrowers: list[_Borrower] = []
+
+    async def borrow(n: int, leave: asyncio.Event) -> None:
+        await gate.enter()
+        admitted.append(n)
+        await leave.wait()
+        gate.exit()
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    def holding() -> list[_Borrower]:
+        return [b for b in borrowers if b.n in admitted and not b.task.done()]
+
+    def waiting() -> list[_Borrower]:
+        return [b for b in borrowers if b.n not in admitted and not b.task.done()]
+
+    for op, k in ops:
+        if op == "arrive":
+            leave = asyncio.Event()
+            n = len(borrowers)
+            borrowers.append(_Borrower(n, asyncio.create_task(borrow(n, leave)), leave))
+        elif op == "leave" and holding():
+            holding()[k % len(holding())].leave.set()
+        elif op == "give up" and waiting():
+            waiting()[k % len(waiting())].task.cancel()
+        await settle()
+        # Never more holders than slots, and nobody waits while a slot is free.
+        assert len(holding()) <= size
+        assert not waiting() or len(holding()) == size
+    # Everyone left waiting gets in, in arrival order, once the holders leave.
+    for _ in range(len(borrowers) + 1):
+        for b in holding():
+            b.leave.set()
+        await settle()
+    assert not holding() and not waiting()
+    gave_up = [b.n for b in borrowers if b.task.cancelled()]
+    assert admitted == sorted(admitted)
+    assert sorted(admitted + gave_up) == list(range(len(borrowers)))
+    # No slot lost or made up along the way.
+    assert [gate.try_enter() for _ in range(size + 1)] == [True] * size + [False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=3),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["arrive", "leave", "give up"]), st.integers(0, 7)),
+        max_size=40,
+    ),
+)
+def test_gate_admits_in_arrival_order_and_never_loses_a_slot(
+    size: int, ops: list[tuple[str, int]]
+) -> None:
+    asyncio.run(_gate_scenario(size, ops))
