@@ -18,6 +18,7 @@ import asyncpg
 import grpc
 import hypothesis
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server import server as server_mod
@@ -31,6 +32,7 @@ from guestfeed_server.db import create_pool
 from guestfeed_server.migrate import migrate
 
 from .factory import World
+from .tracing import Tracing, shared_tracing
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -151,3 +153,16 @@ async def client(admin_dsn: str) -> AsyncIterator[Client]:
     yield c
     await c.channel.close()
     await c.app.stop()
+
+
+@pytest.fixture(scope="session")
+def tracing() -> Tracing:
+    """The session's tracer provider (asyncpg instrumented on it)."""
+    return shared_tracing()
+
+
+@pytest.fixture
+def spans(tracing: Tracing) -> InMemorySpanExporter:
+    """The exporter, emptied for this test."""
+    tracing.exporter.clear()
+    return tracing.exporter

@@ -11,6 +11,7 @@ from grpc_status import rpc_status
 from guestfeed.v1 import feed_pb2
 
 from .conftest import Client
+from .factory import World
 
 MODELS = {"v1": feed_pb2.READ_MODEL_V1, "v2": feed_pb2.READ_MODEL_V2}
 
@@ -67,3 +68,14 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
             any_.Unpack(info)
             return info
     return None
+
+
+async def guest_with_feed(world: World) -> tuple[uuid.UUID, uuid.UUID]:
+    """An event whose v1 and v2 feeds differ (an undelivered announcement is v2-only)."""
+    event = await world.event()
+    user, guest = await world.member(event)
+    for _ in range(3):
+        mid = await world.message(event, "announcement")
+        await world.deliver(mid, guest_id=guest, user_id=user)
+    await world.message(event, "announcement")
+    return event, user

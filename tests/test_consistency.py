@@ -27,7 +27,8 @@ from guestfeed_server.telemetry import Telemetry
 from .conftest import Client
 from .factory import BASE, World
 from .oracle import feed
-from .test_telemetry import points, shared_tracing, traced_server
+from .test_telemetry import points, traced_server
+from .tracing import shared_tracing
 
 
 def msg(at: int, ident: int) -> FeedMessage:

@@ -31,13 +31,12 @@ from .test_telemetry import (
     TYPE_NAMES,
     RaisingPolicy,
     Traced,
-    Tracing,
     leaks,
     served,
-    shared_tracing,
     token_parts,
     traced_server,
 )
+from .tracing import Tracing
 
 FEED = "guestfeed.v1.GuestFeedService"
 BASE_KEYS = {"ts", "level", "logger", "msg"}
@@ -84,17 +83,6 @@ def captured() -> Iterator[Lines]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-
-
-@pytest.fixture(scope="session")
-def tracing() -> Tracing:
-    return shared_tracing()
-
-
-@pytest.fixture
-def spans(tracing: Tracing) -> InMemorySpanExporter:
-    tracing.exporter.clear()
-    return tracing.exporter
 
 
 def _record(msg: str, *args: object, **extra: Any) -> logging.LogRecord:

@@ -39,7 +39,7 @@ from guestfeed_server.server import ROLLOUT_HEALTH_NAME
 
 from .conftest import Client, scratch_database, start_client
 from .factory import World
-from .helpers import error_info, field_violations
+from .helpers import error_info, field_violations, guest_with_feed
 from .oracle import feed
 
 R = rollout_pb2
@@ -557,17 +557,6 @@ class TestReadModelFollowsUpdates:
             (feed_pb2.READ_MODEL_V1, R.DECISION_REASON_PERCENTAGE, 2),
             (feed_pb2.READ_MODEL_V2, R.DECISION_REASON_PERCENTAGE, 3),
         ]
-
-
-async def guest_with_feed(world: World) -> tuple[uuid.UUID, uuid.UUID]:
-    """An event whose v1 and v2 feeds differ (an undelivered announcement is v2-only)."""
-    event = await world.event()
-    user, guest = await world.member(event)
-    for _ in range(3):
-        mid = await world.message(event, "announcement")
-        await world.deliver(mid, guest_id=guest, user_id=user)
-    await world.message(event, "announcement")
-    return event, user
 
 
 async def list_page(

@@ -15,7 +15,7 @@ from guestfeed_server.bucketing import bucket
 
 from .conftest import Client
 from .factory import World
-from .helpers import MODELS, error_info, field_violations
+from .helpers import MODELS, error_info, field_violations, guest_with_feed
 from .oracle import feed
 
 
@@ -137,19 +137,9 @@ class TestGetReadModel:
 
 
 class TestFeedReadModelDefault:
-    async def _guest_with_feed(self, world: World) -> tuple[uuid.UUID, uuid.UUID]:
-        """An event whose v1 and v2 feeds differ (an undelivered announcement is v2-only)."""
-        event = await world.event()
-        user, guest = await world.member(event)
-        for _ in range(3):
-            mid = await world.message(event, "announcement")
-            await world.deliver(mid, guest_id=guest, user_id=user)
-        await world.message(event, "announcement")
-        return event, user
-
     async def test_unspecified_list_is_served_by_v1(self, client: Client, world: World) -> None:
         """ListMessages with read_model UNSPECIFIED is served by V1 (Phase 0), with v1's content."""
-        event, user = await self._guest_with_feed(world)
+        event, user = await guest_with_feed(world)
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event)), metadata=Client.auth(user)
         )
@@ -161,7 +151,7 @@ class TestFeedReadModelDefault:
     @pytest.mark.parametrize("model", ["v1", "v2"])
     async def test_explicit_model_is_served(self, client: Client, world: World, model: str) -> None:
         """An explicit read_model is the one that serves, and the response says so."""
-        event, user = await self._guest_with_feed(world)
+        event, user = await guest_with_feed(world)
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), read_model=MODELS[model]),
             metadata=Client.auth(user),
@@ -182,7 +172,7 @@ class TestFeedReadModelDefault:
         self, client: Client, world: World, requested: int, served: int
     ) -> None:
         """Every StreamMessages response names the model: V1 when unspecified, V2 when asked."""
-        event, user = await self._guest_with_feed(world)
+        event, user = await guest_with_feed(world)
         call = client.feed.StreamMessages(
             feed_pb2.StreamMessagesRequest(event_id=str(event), page_size=1, read_model=requested),  # type: ignore[arg-type]
             metadata=Client.auth(user),
@@ -193,7 +183,7 @@ class TestFeedReadModelDefault:
 
     async def test_unspecified_with_v2_token_keeps_v2(self, client: Client, world: World) -> None:
         """Resuming a V2 token with read_model UNSPECIFIED stays on V2 (the token's model)."""
-        event, user = await self._guest_with_feed(world)
+        event, user = await guest_with_feed(world)
         first = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(
                 event_id=str(event), page_size=2, read_model=feed_pb2.READ_MODEL_V2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
 import socket
 import time
@@ -23,14 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 from guestfeed_server import server as server_mod
-from guestfeed_server import telemetry as telemetry_mod
 from guestfeed_server.auth import Role, mint
 from guestfeed_server.config import ConfigError
 from guestfeed_server.db import create_pool
@@ -41,6 +38,7 @@ from guestfeed_server.telemetry import Telemetry
 from . import conftest
 from .conftest import SECRET, Client, scratch_database
 from .factory import World
+from .tracing import Tracing
 
 ROOT = Path(__file__).resolve().parent.parent
 FEED = "guestfeed.v1.GuestFeedService"
@@ -52,47 +50,6 @@ TYPE_NAMES = {
     feed_pb2.MESSAGE_TYPE_CHANNEL: "channel",
 }
 MODEL_NAMES = {feed_pb2.READ_MODEL_V1: "v1", feed_pb2.READ_MODEL_V2: "v2"}
-
-
-# --- shared tracing: asyncpg is instrumented once per process -------------------------------
-
-
-@dataclass(frozen=True)
-class Tracing:
-    """The one tracer provider asyncpg reports to, and its in-memory exporter."""
-
-    provider: TracerProvider
-    exporter: InMemorySpanExporter
-
-
-@functools.cache
-def shared_tracing() -> Tracing:
-    """Builds the provider once and points the (process-wide) asyncpg patch at it."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    if telemetry_mod._asyncpg_instrumented:
-        # Someone in this process instrumented asyncpg on another provider first
-        # (only the first provider sticks): move the patch to ours.
-        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-
-        AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
-        telemetry_mod._asyncpg_instrumented = False
-    telemetry_mod.instrument_asyncpg(provider)
-    return Tracing(provider, exporter)
-
-
-@pytest.fixture(scope="session")
-def tracing() -> Tracing:
-    """The session's tracer provider (asyncpg instrumented on it)."""
-    return shared_tracing()
-
-
-@pytest.fixture
-def spans(tracing: Tracing) -> InMemorySpanExporter:
-    """The exporter, emptied for this test."""
-    tracing.exporter.clear()
-    return tracing.exporter
 
 
 @dataclass
