@@ -311,9 +311,12 @@ async def long_feed(world: World) -> AsyncIterator[tuple[World, uuid.UUID, uuid.
     event = await world.event()
     user, guest = await world.member(event)
     for _ in range(20):
-        # Large enough that a page fills the HTTP/2 window of a channel without
-        # BDP probing, so the server cannot run many pages ahead of the reader.
-        mid = await world.message(event, "announcement", content="x" * 40_000)
+        # A page (two messages) is several times the 64 KiB HTTP/2 window of a
+        # channel without BDP probing, so the server cannot run pages ahead of
+        # the reader however fast it reads them (at 40 kB a message, a fast
+        # server sometimes got two more pages out before a removal landed).
+        # Twenty of them still fit one 4 MiB ListMessages response.
+        mid = await world.message(event, "announcement", content="x" * 150_000)
         await world.deliver(mid, guest_id=guest, user_id=user)
     yield world, event, user, guest
 
