@@ -28,13 +28,15 @@ from guestfeed_server.bench.scratch import (  # the test modules import scratch_
 )
 from guestfeed_server.bench.scratch import with_database
 from guestfeed_server.config import Settings
-from guestfeed_server.db import create_pool
+from guestfeed_server.db import Keys, create_pool
 from guestfeed_server.migrate import migrate
 
 from .factory import World
 from .tracing import Tracing, shared_tracing
 
 SECRET = "test-secret-" + "x" * 40
+# What `guestfeed serve` derives from GUESTFEED_JWT_SECRET alone.
+KEYS = Keys(jwt_secret=SECRET, page_token_keys=(SECRET,))
 
 # CI runs the same examples every time: a red build is then reproducible, and
 # the random exploration happens on developers' machines (and is saved in
@@ -136,7 +138,7 @@ async def start_client(dsn: str, **settings: str) -> Client:
     cfg = test_settings(**settings)
     # The production pool (its connection class and session settings).
     pool = await create_pool(dsn, cfg)
-    app = await server_mod.start(cfg, pool, SECRET, dsn=dsn, listen="127.0.0.1:0")
+    app = await server_mod.start(cfg, pool, KEYS, dsn=dsn, listen="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     return Client(
         channel=channel,

@@ -137,14 +137,14 @@ class TestTokenVerification:
         """An unsigned `alg: none` token is refused as a wrong algorithm."""
         token = unsigned(claims(), {"alg": "none", "typ": "JWT"})
         err = await rejection(client, bearer(token))
-        assert_unauthenticated(err, "not accepted (HS256 only)", "TOKEN_INVALID", token)
+        assert_unauthenticated(err, "unsigned tokens never are", "TOKEN_INVALID", token)
 
     @pytest.mark.parametrize("alg", ["None", "NONE", "nOnE"])
     async def test_alg_none_in_any_case_is_unauthenticated(self, client: Client, alg: str) -> None:
         """Case variants of `none` are refused too."""
         token = unsigned(claims(), {"alg": alg, "typ": "JWT"})
         err = await rejection(client, bearer(token))
-        assert_unauthenticated(err, "HS256 only", "TOKEN_INVALID", token)
+        assert_unauthenticated(err, "unsigned tokens never are", "TOKEN_INVALID", token)
 
     @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
     async def test_hs512_token_is_unauthenticated(self, client: Client) -> None:

@@ -21,7 +21,7 @@ from guestfeed_server.migrate import migrate
 from guestfeed_server.rollout import Decision
 
 from . import conftest
-from .conftest import SECRET, Client, scratch_database, start_client
+from .conftest import Client, scratch_database, start_client
 from .factory import World
 from .helpers import error_info, field_violations, rich_status
 
@@ -403,7 +403,7 @@ async def broken_client(admin_dsn: str) -> AsyncIterator[Client]:
     pool = await asyncpg.create_pool(admin_dsn, min_size=1, max_size=2)
     assert pool is not None
     app = await server_mod.start(
-        conftest.test_settings(), pool, SECRET, listen="127.0.0.1:0", rollout=BrokenPolicy()
+        conftest.test_settings(), pool, conftest.KEYS, listen="127.0.0.1:0", rollout=BrokenPolicy()
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     yield Client(

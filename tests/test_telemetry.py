@@ -80,7 +80,7 @@ async def traced_server(
     app = await server_mod.start(
         cfg,
         pool,
-        SECRET,
+        conftest.KEYS,
         dsn=None if rollout is not None else dsn,
         listen="127.0.0.1:0",
         rollout=rollout,
@@ -787,7 +787,7 @@ class TestPrometheus:
         app = await server_mod.start(
             conftest.test_settings(GUESTFEED_SMS_HEALTH_INTERVAL_S="0.2"),
             pool,
-            SECRET,
+            conftest.KEYS,
             dsn=admin_dsn,
             listen="127.0.0.1:0",
             telemetry=telemetry,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from . import cli_bench, cli_rollout, db
 from .auth import Role, mint
-from .config import ConfigError, Settings, parse_listen
+from .config import ConfigError, PoolMode, Settings, StartupError, parse_listen
 from .migrate import MigrationError, migrate, missing_versions
 from .telemetry import Telemetry, logs, untraced
 
@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         result: int = ns.func(settings, ns)
         return result
+    except StartupError as exc:
+        print(f"guestfeed: cannot start: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"guestfeed: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -60,12 +63,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _migrate(settings: Settings, ns: argparse.Namespace) -> int:
+    if settings.pool_mode is PoolMode.TRANSACTION and not settings.direct_database_url:
+        raise ConfigError(
+            "migrate needs a real session (an advisory lock, CREATE INDEX CONCURRENTLY), which "
+            "a transaction pooler does not give: set GUESTFEED_DIRECT_DATABASE_URL to the "
+            "database's direct or session-pooler URL"
+        )
     database, _ = db.resolve(settings)
+    dsn = settings.direct_database_url or database.dsn
 
     async def run() -> list[str]:
-        import asyncpg
-
-        conn = await asyncpg.connect(database.dsn, timeout=settings.connect_timeout_s)
+        conn = await db.connect(
+            dsn, settings.session_url_variable, timeout=settings.connect_timeout_s
+        )
         try:
             return await migrate(conn)
         finally:
@@ -79,33 +89,51 @@ def _migrate(settings: Settings, ns: argparse.Namespace) -> int:
 def _token(settings: Settings, ns: argparse.Namespace) -> int:
     if ns.ttl <= 0:
         raise ConfigError("--ttl must be a positive number of seconds")
-    secret = settings.jwt_secret or db.embedded_secret(settings.data_dir)
-    print(mint(secret, ns.user, role=Role(ns.role), ttl_s=ns.ttl))
+    secret = settings.jwt_secret
+    if secret is None and settings.embedded:
+        secret = db.embedded_secret(settings.data_dir)
+    if secret is None:
+        raise ConfigError(
+            "`guestfeed token` is a development tool that signs HS256 tokens with "
+            "GUESTFEED_JWT_SECRET, and none is set; with only GUESTFEED_JWKS_URL, tokens come "
+            "from the project's sign-in (Supabase Auth)"
+        )
+    print(mint(secret, ns.user, role=Role(ns.role), ttl_s=ns.ttl, issuer=settings.jwt_issuer))
     return 0
 
 
 def _serve(settings: Settings, ns: argparse.Namespace) -> int:
     telemetry = Telemetry.from_env()  # exporter settings fail before any database starts
-    database, secret = db.resolve(settings)
+    database, keys = db.resolve(settings)
     # asyncio's own loop: uvloop was measured here and did not help
     # (docs/performance.md), so it is not a dependency.
-    return asyncio.run(_serve_async(settings, database, secret, demo=ns.demo, telemetry=telemetry))
+    return asyncio.run(_serve_async(settings, database, keys, demo=ns.demo, telemetry=telemetry))
 
 
 async def _serve_async(
-    settings: Settings, database: db.Database, secret: str, *, demo: bool, telemetry: Telemetry
+    settings: Settings, database: db.Database, keys: db.Keys, *, demo: bool, telemetry: Telemetry
 ) -> int:
     from . import server
     from .demo import seed_demo
 
+    if settings.embedded or demo:
+        # The embedded database is ours to migrate; a real one is migrated by
+        # `guestfeed migrate` with a role that may, never by serve (--demo
+        # aside). On a session of its own: migrate takes an advisory lock.
+        session = await db.connect(
+            settings.direct_database_url or database.dsn,
+            settings.session_url_variable,
+            timeout=settings.connect_timeout_s,
+        )
+        try:
+            with untraced():
+                await migrate(session)
+        finally:
+            await session.close()
     pool = await db.create_pool(database.dsn, settings)
     try:
         with untraced():
             async with pool.acquire() as conn:
-                # The embedded database is ours to migrate; a real one is migrated
-                # by `guestfeed migrate` with a role that may, never by serve.
-                if settings.embedded or demo:
-                    await migrate(conn)
                 missing = await missing_versions(conn)
                 info = await seed_demo(conn) if demo and not missing else None
         if missing:
@@ -116,7 +144,7 @@ async def _serve_async(
                 file=sys.stderr,
             )
             return 3
-        app = await server.start(settings, pool, secret, dsn=database.dsn, telemetry=telemetry)
+        app = await server.start(settings, pool, keys, dsn=database.dsn, telemetry=telemetry)
     except BaseException:
         await pool.close()
         raise
@@ -127,8 +155,10 @@ async def _serve_async(
         address,
         "embedded" if settings.embedded else "GUESTFEED_DATABASE_URL",
     )
-    if info is not None:
-        token = mint(secret, info.guest_user_id, ttl_s=24 * 3600)
+    if info is not None and keys.jwt_secret is not None:
+        token = mint(
+            keys.jwt_secret, info.guest_user_id, ttl_s=24 * 3600, issuer=settings.jwt_issuer
+        )
         print(_demo_banner(address, str(info.event_id), token, seeded=info.seeded), flush=True)
     try:
         await server.serve_forever(app)

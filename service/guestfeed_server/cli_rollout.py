@@ -1,8 +1,9 @@
 """`guestfeed rollout`: read and change the rollout config of a running server.
 
-Every subcommand goes over RolloutService's RPCs with a short-lived
-service_role token, minted from the configured secret unless `--token` is
-given; it never touches the database itself. Changes are read-modify-write on
+Every subcommand goes over RolloutService's RPCs with a service credential:
+`--token`, else GUESTFEED_SERVICE_TOKEN (the project's service_role key),
+else a short-lived service_role token minted with the HS256 secret when one
+is configured. It never touches the database itself. Changes are read-modify-write on
 `expected_revision`, so two operators never overwrite each other silently.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -163,9 +165,15 @@ def _override_arg(text: str) -> tuple[str, str]:
 def run(settings: Settings, ns: argparse.Namespace) -> int:
     """Runs a `guestfeed rollout` subcommand against `--target`."""
     target = ns.target or default_target(settings.listen)
-    token = ns.token or mint(
-        _secret(settings), ns.user or _login_user(), role=Role.SERVICE_ROLE, ttl_s=TOKEN_TTL_S
-    )
+    token = ns.token or os.environ.get("GUESTFEED_SERVICE_TOKEN") or ""
+    if not token:
+        token = mint(
+            _secret(settings),
+            ns.user or _login_user(),
+            role=Role.SERVICE_ROLE,
+            ttl_s=TOKEN_TTL_S,
+            issuer=settings.jwt_issuer,
+        )
     console = Console(out=sys.stdout, err=sys.stderr, json=ns.json, target=target)
 
     async def main() -> int:
@@ -195,10 +203,17 @@ def _secret(settings: Settings) -> str:
     if settings.jwt_secret:
         return settings.jwt_secret
     # embedded_secret would make a fresh secret no server knows; say what to do instead.
-    if not (settings.data_dir / "jwt_secret").exists():
+    if settings.embedded and not (settings.data_dir / "jwt_secret").exists():
         raise ConfigError(
             f"no JWT secret: set GUESTFEED_JWT_SECRET to the server's, point GUESTFEED_DATA_DIR "
-            f"at the folder `guestfeed serve` uses (now {settings.data_dir}), or pass --token"
+            f"at the folder `guestfeed serve` uses (now {settings.data_dir}), or pass a service "
+            "credential with --token or GUESTFEED_SERVICE_TOKEN"
+        )
+    if not settings.embedded:
+        raise ConfigError(
+            "no service credential: pass --token or set GUESTFEED_SERVICE_TOKEN to the "
+            "project's service_role key (this command mints its own tokens only where "
+            "GUESTFEED_JWT_SECRET is set)"
         )
     return db.embedded_secret(settings.data_dir)
 
@@ -221,7 +236,10 @@ def _report(exc: RPCError, console: Console) -> None:
     for field, description in sorted(exc.field_violations.items()):
         print(f"  {field}: {description}", file=console.err)
     if exc.code is grpc.StatusCode.UNAUTHENTICATED:
-        console.note("hint: the token must be signed with the server's GUESTFEED_JWT_SECRET")
+        console.note(
+            "hint: use the project's service_role key (--token or GUESTFEED_SERVICE_TOKEN), or "
+            "set the server's GUESTFEED_JWT_SECRET to mint one"
+        )
 
 
 # ---- commands

@@ -7,10 +7,12 @@ a nonsense pool size fails later, under load, where it is harder to read.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 # HS256 keys shorter than the hash output weaken it (RFC 7518 §3.2).
@@ -19,6 +21,25 @@ MIN_SECRET_BYTES = 32
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message says how to fix it."""
+
+
+class StartupError(ConfigError):
+    """A dependency named by the settings cannot be used at start-up (the
+    database refuses, the JWKS cannot be fetched); the message names the
+    variable and the cause."""
+
+
+class PoolMode(enum.Enum):
+    """How the database URL's connections behave (GUESTFEED_DB_POOL_MODE).
+
+    `session`: each connection is a real PostgreSQL session (a direct URL,
+    Supavisor on 5432, PgBouncer in session mode). `transaction`: the server
+    connection may change after every transaction (Supavisor on 6543,
+    PgBouncer in transaction mode), so nothing may rely on session state.
+    """
+
+    SESSION = "session"
+    TRANSACTION = "transaction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +67,34 @@ class Settings:
     consistency_sample_rate: float = 0.0
     # How often the SMS pipeline health query runs.
     sms_health_interval_s: float = 300.0
+    # The project's JWKS (asymmetric user tokens); None: HS256 secret only.
+    jwks_url: str | None = None
+    # When set, user tokens' `iss` must equal it.
+    jwt_issuer: str | None = None
+    # Page-token keys, the first signs; empty: derived (see `page_token_keys`).
+    page_token_secrets: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    pool_mode: PoolMode = PoolMode.SESSION
+    # A connection with a real session (LISTEN, migrate's advisory lock,
+    # CREATE INDEX CONCURRENTLY) when the main URL goes through a pooler.
+    direct_database_url: str | None = None
 
     @property
     def embedded(self) -> bool:
         """True when no database URL is set and the embedded server is used."""
         return self.database_url is None
+
+    @property
+    def session_url_variable(self) -> str:
+        """The variable whose URL serves session-bound work (LISTEN, migrate)."""
+        if self.direct_database_url:
+            return "GUESTFEED_DIRECT_DATABASE_URL"
+        return "GUESTFEED_DATABASE_URL"
+
+    @property
+    def can_listen(self) -> bool:
+        """Whether some configured URL gives a real session (LISTEN works)."""
+        return self.pool_mode is PoolMode.SESSION or self.direct_database_url is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,25 +104,36 @@ class Settings:
             ConfigError: a variable is malformed; the message names it.
         """
         env = os.environ if env is None else env
-        database_url = env.get("GUESTFEED_DATABASE_URL") or None
-        if database_url is not None and not database_url.startswith(
-            ("postgres://", "postgresql://")
-        ):
-            raise ConfigError(
-                "GUESTFEED_DATABASE_URL must be a postgresql:// URL "
-                "(or unset, to run the embedded PostgreSQL)"
-            )
+        database_url = _postgres_url(env, "GUESTFEED_DATABASE_URL")
         secret = env.get("GUESTFEED_JWT_SECRET") or None
         if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(
                 f"GUESTFEED_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes "
                 "(use the Supabase project's JWT secret)"
             )
-        if secret is None and database_url is not None:
+        jwks_url = _http_url(env, "GUESTFEED_JWKS_URL")
+        if secret is None and jwks_url is None and database_url is not None:
             raise ConfigError(
-                "GUESTFEED_JWT_SECRET is required with GUESTFEED_DATABASE_URL "
-                "(only the embedded mode generates its own)"
+                "GUESTFEED_JWKS_URL or GUESTFEED_JWT_SECRET is required with "
+                "GUESTFEED_DATABASE_URL (the project's JWKS for its asymmetric keys, the legacy "
+                "JWT secret for HS256, or both; only the embedded mode generates its own)"
             )
+        page_secrets = _page_token_secrets(env)
+        if not page_secrets and secret is None and database_url is not None:
+            raise ConfigError(
+                "GUESTFEED_PAGE_TOKEN_SECRET is required when only GUESTFEED_JWKS_URL is set: "
+                "page tokens are signed with a key every replica shares, and a JWKS has no "
+                f"secret to derive it from (set one or more random keys of at least "
+                f"{MIN_SECRET_BYTES} bytes, comma-separated, the first signing)"
+            )
+        pool_mode_raw = (env.get("GUESTFEED_DB_POOL_MODE") or "session").strip().lower()
+        try:
+            pool_mode = PoolMode(pool_mode_raw)
+        except ValueError:
+            raise ConfigError(
+                f"GUESTFEED_DB_POOL_MODE must be session or transaction, got {pool_mode_raw!r}"
+            ) from None
+        issuer = (env.get("GUESTFEED_JWT_ISSUER") or "").strip() or None
         listen = env.get("GUESTFEED_LISTEN", DEFAULT_LISTEN)
         parse_listen(listen)
         pool_min = _int(env, "GUESTFEED_DB_POOL_MIN", 1, lo=0)
@@ -103,6 +158,12 @@ class Settings:
             rollout_refresh_s=_float(env, "GUESTFEED_ROLLOUT_REFRESH_S", 5.0),
             consistency_sample_rate=_rate(env, "GUESTFEED_CONSISTENCY_SAMPLE_RATE"),
             sms_health_interval_s=_float(env, "GUESTFEED_SMS_HEALTH_INTERVAL_S", 300.0),
+            jwks_url=jwks_url,
+            jwt_issuer=issuer,
+            page_token_secrets=page_secrets,
+            allow_anonymous=_bool(env, "GUESTFEED_ALLOW_ANONYMOUS", False),
+            pool_mode=pool_mode,
+            direct_database_url=_postgres_url(env, "GUESTFEED_DIRECT_DATABASE_URL"),
         )
 
 
@@ -118,6 +179,44 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"GUESTFEED_LISTEN port must be 0-65535, got {port}")
     return host, port
+
+
+def _postgres_url(env: Mapping[str, str], name: str) -> str | None:
+    url = env.get(name) or None
+    if url is not None and not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError(
+            f"{name} must be a postgresql:// URL"
+            + (
+                " (or unset, to run the embedded PostgreSQL)"
+                if name == "GUESTFEED_DATABASE_URL"
+                else ""
+            )
+        )
+    return url
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    url = (env.get(name) or "").strip() or None
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ConfigError(
+            f"{name} must be an https:// URL (http:// for local stacks and tests), got {url!r}"
+        )
+    return url
+
+
+def _page_token_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("GUESTFEED_PAGE_TOKEN_SECRET") or ""
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    for i, key in enumerate(keys):
+        if len(key.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"GUESTFEED_PAGE_TOKEN_SECRET key {i + 1} is shorter than {MIN_SECRET_BYTES} "
+                "bytes; use random keys (e.g. `openssl rand -base64 48`)"
+            )
+    return keys
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, lo: int) -> int:

@@ -9,16 +9,18 @@ import contextvars
 import logging
 import os
 import secrets
+import socket
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .config import Settings
+from .config import ConfigError, PoolMode, Settings, StartupError
 from .telemetry import untraced
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,10 @@ def start_embedded(data_dir: Path) -> Database:
     return Database(dsn=dsn, embedded=server)
 
 
-def embedded_secret(data_dir: Path) -> str:
-    """The dev JWT secret kept beside the embedded data (made on first use)."""
+def embedded_secret(data_dir: Path, name: str = "jwt_secret") -> str:
+    """A dev secret kept beside the embedded data (made on first use)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "jwt_secret"
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     secret = secrets.token_urlsafe(48)
@@ -63,13 +65,84 @@ def embedded_secret(data_dir: Path) -> str:
     return secret
 
 
-def resolve(settings: Settings) -> tuple[Database, str]:
-    """Returns the database and the JWT secret the settings call for."""
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The secrets a server signs and verifies with."""
+
+    # The legacy HS256 project secret (None: JWKS only).
+    jwt_secret: str | None
+    # Page-token keys, the first signs.
+    page_token_keys: tuple[str, ...]
+
+
+def keys_for(settings: Settings) -> Keys:
+    """The secrets the settings call for; in embedded mode, made and kept in
+    the data folder. Without GUESTFEED_PAGE_TOKEN_SECRET, page tokens are
+    keyed from the JWT secret as before that variable existed, so a rolling
+    upgrade keeps every issued token valid."""
+    jwt_secret = settings.jwt_secret
+    if settings.embedded and jwt_secret is None:
+        jwt_secret = embedded_secret(settings.data_dir)
+    pages = settings.page_token_secrets
+    if not pages and settings.embedded:
+        pages = (embedded_secret(settings.data_dir, "page_token_secret"),)
+    if not pages and jwt_secret is not None:
+        pages = (jwt_secret,)
+    if not pages:  # pragma: no cover - Settings.from_env refuses this
+        raise ConfigError("GUESTFEED_PAGE_TOKEN_SECRET is required")
+    return Keys(jwt_secret=jwt_secret, page_token_keys=pages)
+
+
+def resolve(settings: Settings) -> tuple[Database, Keys]:
+    """Returns the database and the secrets the settings call for."""
     if settings.embedded:
         db = start_embedded(settings.data_dir)
-        return db, settings.jwt_secret or embedded_secret(settings.data_dir)
-    assert settings.database_url is not None and settings.jwt_secret is not None
-    return Database(dsn=settings.database_url), settings.jwt_secret
+        return db, keys_for(settings)
+    assert settings.database_url is not None
+    return Database(dsn=settings.database_url), keys_for(settings)
+
+
+def where(dsn: str) -> str:
+    """host:port/database of a URL, for messages: never its password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+    except ValueError:
+        return "(a malformed URL)"
+    return f"{host}:{port}{parts.path or ''}"
+
+
+def connect_failure(variable: str, dsn: str, exc: BaseException) -> StartupError:
+    """One line naming the variable and the cause of a failed connection."""
+    if isinstance(exc, socket.gaierror):
+        cause = f"unknown host ({exc.strerror or exc})"
+    elif isinstance(exc, ConnectionRefusedError):
+        cause = "connection refused"
+    elif isinstance(exc, TimeoutError):
+        cause = "no answer in time (GUESTFEED_CONNECT_TIMEOUT_S)"
+    elif isinstance(exc, asyncpg.PostgresError):
+        cause = f"the server said: {exc}"
+    elif isinstance(exc, OSError):
+        cause = exc.strerror or type(exc).__name__
+    elif isinstance(exc, ValueError | asyncpg.ClientConfigurationError):
+        # Parser messages may quote the URL: drop anything after a colon.
+        cause = "malformed URL (" + str(exc).split(":")[0][:80] + ")"
+    else:
+        cause = type(exc).__name__
+    return StartupError(f"{variable}: cannot connect to {where(dsn)}: {cause}")
+
+
+async def connect(
+    dsn: str, variable: str, *, timeout: float, application_name: str = "guestfeed"
+) -> asyncpg.Connection:
+    """A single connection (migrate, the rollout listener), or a StartupError."""
+    try:
+        return await asyncpg.connect(
+            dsn, timeout=timeout, server_settings={"application_name": application_name}
+        )
+    except (OSError, asyncpg.PostgresError, ValueError, asyncpg.InterfaceError) as exc:
+        raise connect_failure(variable, dsn, exc) from None
 
 
 class PooledConnection(asyncpg.Connection):
@@ -90,25 +163,50 @@ class PooledConnection(asyncpg.Connection):
         return ""
 
 
+# Pages are index walks of a few hundred rows. A parallel plan or JIT
+# compilation costs milliseconds to start, more than the query: PostgreSQL
+# picks them from row estimates that a LIMIT makes meaningless, so pages run
+# without both. Not as startup parameters: PgBouncer and Supavisor refuse
+# those ("unsupported startup parameter"). In session mode they are SET once
+# per connection, which a session pooler keeps with the session; in
+# transaction mode a session SET would leak to whichever client gets that
+# server connection next, so each page runs in a transaction that SETs them
+# LOCAL (one extra round trip; its COMMIT is sent after the response).
+_PLANNER = "SET {scope}jit = off; SET {scope}max_parallel_workers_per_gather = 0"
+SESSION_PLANNER_SQL = _PLANNER.format(scope="")
+PAGE_TRANSACTION_SQL = "BEGIN READ ONLY; " + _PLANNER.format(scope="LOCAL ")
+
+
+async def _session_setup(conn: asyncpg.Connection) -> None:
+    # Part of opening a connection, not of whichever request caused it.
+    with untraced():
+        await conn.execute(SESSION_PLANNER_SQL)
+
+
 async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
-    """One pool for the process; sizes and timeouts come from validated settings."""
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        timeout=settings.connect_timeout_s,
-        command_timeout=settings.query_timeout_s,
-        connection_class=PooledConnection,
-        server_settings={
-            "application_name": "guestfeed",
-            # Pages are index walks of a few hundred rows. A parallel plan or
-            # JIT compilation costs milliseconds to start, more than the
-            # query: PostgreSQL picks them from row estimates that a LIMIT
-            # makes meaningless, so this service turns both off.
-            "max_parallel_workers_per_gather": "0",
-            "jit": "off",
-        },
-    )
+    """One pool for the process; sizes and timeouts come from validated settings.
+
+    Raises:
+        StartupError: the database cannot be reached (one line, no URL secrets).
+    """
+    per_transaction = settings.pool_mode is PoolMode.TRANSACTION
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.connect_timeout_s,
+            command_timeout=settings.query_timeout_s,
+            connection_class=PooledConnection,
+            server_settings={"application_name": "guestfeed"},
+            init=None if per_transaction else _session_setup,
+            # Named prepared statements live in a server session, which a
+            # transaction pooler hands to other clients between transactions:
+            # there, every statement is unnamed (prepared and run in one go).
+            statement_cache_size=0 if per_transaction else 100,
+        )
+    except (OSError, asyncpg.PostgresError, ValueError, asyncpg.InterfaceError) as exc:
+        raise connect_failure("GUESTFEED_DATABASE_URL", dsn, exc) from None
     assert pool is not None
     return pool
 
@@ -165,8 +263,9 @@ class TrackedPool:
     counting the requests that wait (a metric asyncpg does not report).
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, mode: PoolMode = PoolMode.SESSION) -> None:
         self.pool = pool
+        self.mode = mode
         self.waiting = 0
         self._gate = FairGate(pool.get_max_size())
         self._releasing: set[asyncio.Task[None]] = set()
@@ -214,16 +313,34 @@ class TrackedPool:
         finally:
             self.waiting -= 1
 
+    async def begin_page(self, conn: PoolConnectionProxy, *, timeout: float) -> None:
+        """Sets the page statements' planner choices where they are not
+        session settings (transaction mode: see `PAGE_TRANSACTION_SQL`)."""
+        if self.mode is PoolMode.TRANSACTION:
+            await conn.execute(PAGE_TRANSACTION_SQL, timeout=timeout)
+
     def _release_soon(self, conn: PoolConnectionProxy) -> None:
-        # The pool rolls back an open transaction and waits out a cancelled
-        # query before the connection is lent again; the task is kept so it
-        # is not collected midway, and `Pool.close` waits for it. Untraced:
-        # it outlives the RPC whose span it would otherwise join.
+        # The pool waits out a cancelled query before the connection is lent
+        # again; the task is kept so it is not collected midway, and
+        # `Pool.close` waits for it. Untraced: it outlives the RPC whose span
+        # it would otherwise join.
         task = asyncio.get_running_loop().create_task(
-            self.pool.release(conn), context=self._untraced.copy()
+            self._release(conn), context=self._untraced.copy()
         )
         self._releasing.add(task)
         task.add_done_callback(self._released)
+
+    async def _release(self, conn: PoolConnectionProxy) -> None:
+        # A page's own transaction (transaction mode) ends here, after the
+        # response; asyncpg would roll it back too, but log it as a leak.
+        if self.mode is PoolMode.TRANSACTION and conn.is_in_transaction():
+            try:
+                await conn.execute("COMMIT")
+            except (Exception, asyncio.CancelledError):
+                conn.terminate()
+                await self.pool.release(conn)
+                raise
+        await self.pool.release(conn)
 
     def _released(self, task: asyncio.Task[None]) -> None:
         self._releasing.discard(task)

@@ -65,24 +65,26 @@ class FeedReader:
             return query.read_model, "explicit"
         if query.page_token:
             return self._tokens.peek_read_model(query.page_token), "page_token"
-        decision = self._rollout.decide(query.event_id, who.user_id)
+        decision = self._rollout.decide(query.event_id, who.reader())
         return decision.read_model, decision.reason.value
 
     async def page(
         self, who: Principal, query: FeedQuery, *, time_remaining: Deadline = None
     ) -> tuple[FeedPage, str]:
         """Returns one page and its next page token ('' at the end of history)."""
+        reader = who.reader()
         model, choice = self.choose_model(who, query)
-        scope = TokenScope(query.event_id, who.user_id, model)
+        scope = TokenScope(query.event_id, reader, model)
         cursor = self._tokens.decode(query.page_token, scope) if query.page_token else None
         timeout = self._timeout(time_remaining)
         store = self._stores[model]
         async with self._pool.acquire(timeout=timeout) as conn:
+            await self._pool.begin_page(conn, timeout=timeout)
             # One statement checks access and reads the page. One row more
             # than asked tells whether another page exists, so the last page
             # carries no token and no empty page is ever served.
             viewer, rows = await store.fetch(
-                conn, query.event_id, who.user_id, cursor, query.page_size + 1, timeout=timeout
+                conn, query.event_id, reader, cursor, query.page_size + 1, timeout=timeout
             )
         if viewer is None:
             raise PermissionDenied(
@@ -112,6 +114,7 @@ class FeedReader:
         network write overlap instead of taking turns.
         """
         remaining = query.max_messages or None
+        who.reader()  # a service key without a user fails before the stream starts
         model, choice = self.choose_model(who, query)
 
         def fetch(token: str) -> asyncio.Task[tuple[FeedPage, str]]:

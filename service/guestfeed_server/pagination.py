@@ -2,9 +2,11 @@
 
 A token carries the keyset cursor `(created_at, message_id)` plus what it was
 issued for: the event, the caller and the read model. It is MACed with a key
-derived from the service secret, so a corrupted or hand-made token is told
+derived from the page-token secret, so a corrupted or hand-made token is told
 apart from a real one with a clear INVALID_ARGUMENT, and a replica that shares
-the secret accepts tokens from any other.
+the secret accepts tokens from any other. Several secrets may be configured:
+the first signs, all verify, so a secret is rotated by adding the new one in
+front, and dropping the old one once its tokens have aged out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -62,13 +65,23 @@ class TokenScope:
 
 
 class PageTokens:
-    """Encodes and checks page tokens with one secret."""
+    """Encodes page tokens with the first secret, and checks them with any."""
 
-    def __init__(self, secret: str) -> None:
-        self._keys = {
-            v: hashlib.sha256(f"guestfeed page token v{v}\x00".encode() + secret.encode()).digest()
-            for v in _VERSIONS
-        }
+    def __init__(self, secrets: str | Sequence[str]) -> None:
+        if isinstance(secrets, str):
+            secrets = (secrets,)
+        if not secrets:
+            raise ValueError("PageTokens needs at least one secret")
+        # Per secret, one derived key per token version.
+        self._keys = [
+            {
+                v: hashlib.sha256(
+                    f"guestfeed page token v{v}\x00".encode() + secret.encode()
+                ).digest()
+                for v in _VERSIONS
+            }
+            for secret in secrets
+        ]
 
     def encode(self, scope: TokenScope, cursor: Cursor) -> str:
         """Returns the opaque token that resumes strictly after `cursor`."""
@@ -81,7 +94,8 @@ class PageTokens:
             micros,
             cursor.message_id.bytes,
         )
-        return base64.urlsafe_b64encode(body + self._mac(_VERSION, body)).rstrip(b"=").decode()
+        mac = self._mac(self._keys[0], _VERSION, body)
+        return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
 
     def peek_read_model(self, token: str) -> ReadModel:
         """The read model a valid token was issued for."""
@@ -120,7 +134,7 @@ class PageTokens:
         ok = (
             len(body) == _LAYOUT.size
             and version in _VERSIONS
-            and hmac.compare_digest(mac, self._mac(version, body))
+            and any(hmac.compare_digest(mac, self._mac(k, version, body)) for k in self._keys)
         )
         fields = _LAYOUT.unpack(body) if ok else None
         if fields is None or fields[1] not in _CODE_MODELS:
@@ -134,8 +148,9 @@ class PageTokens:
             )
         return fields
 
-    def _mac(self, version: int, body: bytes) -> bytes:
-        key = self._keys[version]
+    @staticmethod
+    def _mac(keys: dict[int, bytes], version: int, body: bytes) -> bytes:
+        key = keys[version]
         if version == 1:
             return hmac.digest(key, body, "sha256")[:_MAC_BYTES]
         return hashlib.blake2b(body, key=key, digest_size=_MAC_BYTES).digest()

@@ -20,16 +20,17 @@ from grpc_reflection.v1alpha import reflection
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
-from .auth import Authenticator, HS256Secret
-from .config import Settings
+from .auth import Authenticator, JwksError, JwksKeys, KeySet
+from .config import Settings, StartupError
 from .consistency import ConsistencySampler
-from .db import TrackedPool
+from .db import Keys, TrackedPool
 from .feed import FeedReader
 from .grpc_errors import ErrorMappingInterceptor
 from .health import DatabaseHealth
 from .model import ReadModel
 from .pagination import PageTokens
-from .rollout import RolloutPolicy
+from .rollout import RolloutConfig, RolloutPolicy
+from .rollout import store as rollout_store
 from .rollout.admin import RolloutAdmin
 from .rollout.live import RolloutState
 from .servicers.feed import GuestFeedServicer
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 
 # A health entry of its own: SERVING once the stored rollout config was read.
 ROLLOUT_HEALTH_NAME = "guestfeed.rollout.config"
+# SERVING while rollout changes arrive by NOTIFY; NOT_SERVING when they
+# arrive by the periodic re-read only (a transaction pooler, no direct URL).
+ROLLOUT_NOTIFY_HEALTH_NAME = "guestfeed.rollout.notify"
+# SERVING while the last JWKS fetch succeeded (only with GUESTFEED_JWKS_URL).
+JWKS_HEALTH_NAME = "guestfeed.auth.jwks"
 
 SERVICE_NAMES = (
     feed_pb2.DESCRIPTOR.services_by_name["GuestFeedService"].full_name,
@@ -67,6 +73,7 @@ class App:
     rollout: RolloutState | None
     sms: SmsHealthJob
     telemetry: Telemetry
+    jwks: JwksKeys | None = None
 
     async def stop(self) -> None:
         """Stops in order: health, RPCs (with grace), background jobs, the pool.
@@ -79,13 +86,15 @@ class App:
         if self.rollout is not None:
             await self.rollout.stop()
         await self.sms.stop()
+        if self.jwks is not None:
+            await self.jwks.stop()
         await self.pool.close()
 
 
 async def start(
     settings: Settings,
     pool: asyncpg.Pool,
-    jwt_secret: str,
+    keys: Keys,
     *,
     dsn: str | None = None,
     listen: str | None = None,
@@ -95,8 +104,13 @@ async def start(
     """Builds and starts the server on `listen` (default: the settings').
 
     The rollout follows the stored config live (a dedicated LISTEN connection
-    to `dsn`); tests may pass a fixed `rollout` policy instead. Telemetry is
-    off unless given (`Telemetry.from_env()` in `guestfeed serve`).
+    to `dsn`, or GUESTFEED_DIRECT_DATABASE_URL when set; re-reads through the
+    pool behind a transaction pooler without one); tests may pass a fixed
+    `rollout` policy instead. Telemetry is off unless given
+    (`Telemetry.from_env()` in `guestfeed serve`).
+
+    Raises:
+        StartupError: GUESTFEED_JWKS_URL is set and no keys could be fetched.
     """
     telemetry = telemetry or Telemetry.disabled()
     if protobuf_backend() != "upb":
@@ -104,8 +118,22 @@ async def start(
         # the pure-Python backend (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python)
         # is many times slower than upb, the default of the pinned protobuf.
         log.warning("protobuf's %r backend is in use: pages build slowly", protobuf_backend())
-    auth = Authenticator(HS256Secret(jwt_secret))
-    tracked = TrackedPool(pool)
+    jwks: JwksKeys | None = None
+    if settings.jwks_url is not None:
+        jwks = JwksKeys(settings.jwks_url, timeout_s=min(settings.connect_timeout_s, 5.0))
+        try:
+            await jwks.start(startup_timeout_s=settings.connect_timeout_s)
+        except JwksError as exc:
+            raise StartupError(
+                f"GUESTFEED_JWKS_URL: cannot fetch the project's signing keys from "
+                f"{settings.jwks_url}: {exc}"
+            ) from None
+    auth = Authenticator(
+        KeySet(jwks, keys.jwt_secret),
+        issuer=settings.jwt_issuer,
+        allow_anonymous=settings.allow_anonymous,
+    )
+    tracked = TrackedPool(pool, settings.pool_mode)
     telemetry.sources.pool_in_use = tracked.in_use
     telemetry.sources.pool_idle = tracked.idle
     telemetry.sources.pool_waiting = lambda: tracked.waiting
@@ -113,11 +141,24 @@ async def start(
     if rollout is None:
         if dsn is None:
             raise ValueError("start() needs the dsn for the rollout listener, or a rollout policy")
+        listen_dsn = settings.direct_database_url or dsn if settings.can_listen else None
+        if listen_dsn is None:
+            log.warning(
+                "GUESTFEED_DB_POOL_MODE=transaction without GUESTFEED_DIRECT_DATABASE_URL: "
+                "rollout changes arrive by the periodic re-read only (every %g s), not by NOTIFY",
+                settings.rollout_refresh_s,
+            )
+
+        async def poll() -> RolloutConfig:
+            async with tracked.acquire(timeout=settings.query_timeout_s) as conn:
+                return await rollout_store.load(conn, timeout=settings.query_timeout_s)
+
         state = RolloutState(
-            dsn,
+            listen_dsn,
             deploy_v2_allowed=settings.deploy_v2_allowed,
             refresh_s=settings.rollout_refresh_s,
             connect_timeout_s=settings.connect_timeout_s,
+            poll=poll,
         )
         await state.start(initial_wait_s=min(settings.connect_timeout_s, 5.0))
     policy: RolloutPolicy = state or rollout  # type: ignore[assignment]
@@ -139,7 +180,7 @@ async def start(
         tracked,
         stores,
         policy,
-        PageTokens(jwt_secret),
+        PageTokens(keys.page_token_keys),
         query_timeout_s=settings.query_timeout_s,
         sampler=sampler,
     )
@@ -172,8 +213,12 @@ async def start(
         SERVICE_NAMES,
         interval_s=settings.health_interval_s,
         timeout_s=min(settings.query_timeout_s, 2.0),
-        # NOT_SERVING while this replica runs on the fail-safe (v1) config.
-        components={ROLLOUT_HEALTH_NAME: (lambda: state is None or not state.fail_safe)},
+        components={
+            # NOT_SERVING while this replica runs on the fail-safe (v1) config.
+            ROLLOUT_HEALTH_NAME: (lambda: state is None or not state.fail_safe),
+            ROLLOUT_NOTIFY_HEALTH_NAME: (lambda: state is None or state.listening),
+            **({JWKS_HEALTH_NAME: (lambda: jwks.healthy)} if jwks is not None else {}),
+        },
     )
     with untraced():
         await health.probe()
@@ -195,6 +240,7 @@ async def start(
         rollout=state,
         sms=sms,
         telemetry=telemetry,
+        jwks=jwks,
     )
 
 

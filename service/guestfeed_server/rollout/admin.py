@@ -26,7 +26,7 @@ def require_service(who: Principal, action: str) -> None:
 
 def actor(who: Principal) -> str:
     """How the audit log names a caller."""
-    return f"{who.role.value}:{who.user_id}"
+    return who.actor
 
 
 class RolloutAdmin:

@@ -6,6 +6,10 @@ loop also re-reads every `refresh_s` in case a notification was lost (a
 reconnect, a restarted database). If the stored config cannot be read at
 start-up the replica serves v1 to everyone (fail safe) and says so in health
 and logs; if the database goes away later it keeps the last config it read.
+
+LISTEN needs a real session. Behind a transaction pooler with no direct URL
+there is none, so the replica only re-reads (`listening` is False, which
+health reports), and changes arrive within `refresh_s`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -31,14 +35,18 @@ class RolloutState:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | None,
         *,
         deploy_v2_allowed: bool,
         refresh_s: float,
         connect_timeout_s: float = 5.0,
         on_change: Callable[[RolloutConfig], None] | None = None,
+        poll: Callable[[], Awaitable[RolloutConfig]] | None = None,
     ) -> None:
+        if dsn is None and poll is None:
+            raise ValueError("RolloutState needs a dsn to LISTEN on, or a way to poll")
         self._dsn = dsn
+        self._poll = poll
         self.deploy_v2_allowed = deploy_v2_allowed
         self._refresh_s = refresh_s
         self._connect_timeout = connect_timeout_s
@@ -48,6 +56,11 @@ class RolloutState:
         self._wake = asyncio.Event()
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        """False when changes arrive by the periodic re-read only."""
+        return self._dsn is not None
 
     @property
     def fail_safe(self) -> bool:
@@ -100,11 +113,41 @@ class RolloutState:
         self._wake.set()
 
     async def _run(self) -> None:
+        if self._dsn is None:
+            await self._run_polling()
+        else:
+            await self._run_listening(self._dsn)
+
+    async def _run_polling(self) -> None:
+        assert self._poll is not None
+        backoff = 0.1
+        while True:
+            try:
+                self.apply(await self._poll())
+                self._loaded.set()
+                backoff = 0.1
+                await asyncio.sleep(self._refresh_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "rollout config re-read failed (%s); %s",
+                    type(exc).__name__,
+                    "keeping the last config" if self.config else "fail-safe v1 until then",
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _run_listening(self, dsn: str) -> None:
         backoff = 0.1
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+                conn = await asyncpg.connect(
+                    dsn,
+                    timeout=self._connect_timeout,
+                    server_settings={"application_name": "guestfeed-rollout-listener"},
+                )
                 await conn.add_listener(store.CHANNEL, self._notified)
                 conn.add_termination_listener(self._notified)
                 while not conn.is_closed():
