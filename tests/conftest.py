@@ -22,17 +22,20 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server import server as server_mod
-from guestfeed_server.auth import Role, mint
+from guestfeed_server.auth import JwksKeys, Role, mint
 from guestfeed_server.bench.scratch import (  # the test modules import scratch_database from here
     scratch_database as scratch_database,
 )
 from guestfeed_server.bench.scratch import with_database
 from guestfeed_server.config import Settings
-from guestfeed_server.db import Keys, create_pool
+from guestfeed_server.db import Keys, create_pool, keys_for
 from guestfeed_server.migrate import migrate
 
 from .factory import World
 from .tracing import Tracing, shared_tracing
+
+# Fixtures of their own modules, usable by every test.
+pytest_plugins = ("tests.rollout_helpers", "tests.cli_helpers")
 
 SECRET = "test-secret-" + "x" * 40
 # What `guestfeed serve` derives from GUESTFEED_JWT_SECRET alone.
@@ -133,12 +136,18 @@ class Client:
         return [("authorization", f"Bearer {cls.token(user_id, role)}")]
 
 
-async def start_client(dsn: str, **settings: str) -> Client:
+async def start_client(dsn: str, *, jwks: JwksKeys | None = None, **settings: str) -> Client:
     """Starts a server on 127.0.0.1:0 against `dsn` and connects to it."""
     cfg = test_settings(**settings)
     # The production pool (its connection class and session settings).
     pool = await create_pool(dsn, cfg)
-    app = await server_mod.start(cfg, pool, KEYS, dsn=dsn, listen="127.0.0.1:0")
+    try:
+        app = await server_mod.start(
+            cfg, pool, keys_for(cfg), dsn=dsn, listen="127.0.0.1:0", jwks=jwks
+        )
+    except BaseException:
+        await pool.close()
+        raise
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     return Client(
         channel=channel,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -16,12 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guestfeed_server.config import ConfigError, Settings
-from guestfeed_server.migrate import REQUIRED_VERSIONS
+from guestfeed_server.migrate import REQUIRED_VERSIONS, first_run
 
-from .conftest import SECRET, scratch_database
+from .cli_helpers import clean_env, run_cli
+from .conftest import SECRET
 
-ROOT = Path(__file__).resolve().parent.parent
-GUESTFEED = ROOT / ".venv" / "bin" / "guestfeed"
 URL = "postgresql://user@db.example:5432/app"
 
 
@@ -214,53 +210,12 @@ class TestSettingsValidation:
 # --- the console script -------------------------------------------------------------------
 
 
-def _clean_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """The process environment without any GUESTFEED_* variable, plus `overrides`.
-
-    GUESTFEED_DATA_DIR points into tmp_path so a mistaken embedded start would
-    never touch the repo's .guestfeed/ (and the tests can see it happened).
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUESTFEED_")}
-    env["GUESTFEED_DATA_DIR"] = str(tmp_path / "data")
-    env.update(overrides)
-    return env
-
-
-async def _run(env: dict[str, str], *args: str, timeout: float = 30) -> tuple[int, str, str]:
-    """Runs the console script without blocking the event loop (servers share it)."""
-    if not GUESTFEED.exists():
-        pytest.skip(".venv/bin/guestfeed is not installed")
-    proc = await asyncio.create_subprocess_exec(
-        str(GUESTFEED),
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"guestfeed {' '.join(args)} did not exit within {timeout}s") from None
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-@pytest.fixture
-async def fresh_db(server_dsn: str) -> AsyncIterator[str]:
-    """An empty database of its own, dropped WITH (FORCE) afterwards."""
-    async with scratch_database(server_dsn, "guestfeed_cli") as (_, dsn):
-        yield dsn
-
-
 class TestTokenCommand:
     async def test_token_is_a_valid_supabase_style_jwt(self, tmp_path: Path) -> None:
         """`token --user U` prints an HS256 JWT: aud and role authenticated, sub U, exp ahead."""
         user = uuid.uuid4()
-        code, out, err = await _run(
-            _clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
+        code, out, err = await run_cli(
+            clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
             "token",
             "--user",
             str(user),
@@ -279,8 +234,8 @@ class TestTokenCommand:
     async def test_role_and_ttl_options_are_applied(self, tmp_path: Path) -> None:
         """`--role service_role --ttl 60` mints a service_role token expiring in about a minute."""
         user = uuid.uuid4()
-        code, out, err = await _run(
-            _clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
+        code, out, err = await run_cli(
+            clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
             "token",
             "--user",
             str(user),
@@ -296,8 +251,8 @@ class TestTokenCommand:
 
     async def test_token_is_not_signed_with_another_secret(self, tmp_path: Path) -> None:
         """The token verifies only with the configured secret."""
-        code, out, err = await _run(
-            _clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
+        code, out, err = await run_cli(
+            clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
             "token",
             "--user",
             str(uuid.uuid4()),
@@ -318,8 +273,8 @@ class TestTokenCommand:
         self, tmp_path: Path, args: list[str]
     ) -> None:
         """A non-UUID user or an unknown role is a usage error (exit 2) and prints no token."""
-        code, out, err = await _run(
-            _clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
+        code, out, err = await run_cli(
+            clean_env(tmp_path, GUESTFEED_JWT_SECRET=SECRET, GUESTFEED_DATABASE_URL=URL),
             "token",
             *args,
         )
@@ -342,7 +297,7 @@ class TestInvalidConfigStopsStartUp:
         self, tmp_path: Path, name: str, value: str
     ) -> None:
         """`serve` with one bad variable exits 2, names it on stderr, starts nothing."""
-        code, out, err = await _run(_clean_env(tmp_path, **{name: value}), "serve", timeout=20)
+        code, out, err = await run_cli(clean_env(tmp_path, **{name: value}), "serve", timeout=20)
         assert code == 2
         assert "configuration error" in err
         assert name in err
@@ -352,7 +307,7 @@ class TestInvalidConfigStopsStartUp:
 
     async def test_migrate_with_url_but_no_secret_exits_2(self, tmp_path: Path) -> None:
         """`guestfeed migrate` with a URL and no secret exits 2 naming GUESTFEED_JWT_SECRET."""
-        code, _, err = await _run(_clean_env(tmp_path, GUESTFEED_DATABASE_URL=URL), "migrate")
+        code, _, err = await run_cli(clean_env(tmp_path, GUESTFEED_DATABASE_URL=URL), "migrate")
         assert code == 2
         assert "GUESTFEED_JWT_SECRET" in err
 
@@ -360,11 +315,11 @@ class TestInvalidConfigStopsStartUp:
 class TestMigrateCommand:
     async def test_migrate_applies_all_then_nothing(self, tmp_path: Path, fresh_db: str) -> None:
         """`migrate` prints every applied version; a second run prints that none was."""
-        env = _clean_env(tmp_path, GUESTFEED_DATABASE_URL=fresh_db, GUESTFEED_JWT_SECRET=SECRET)
-        code, out, err = await _run(env, "migrate")
+        env = clean_env(tmp_path, GUESTFEED_DATABASE_URL=fresh_db, GUESTFEED_JWT_SECRET=SECRET)
+        code, out, err = await run_cli(env, "migrate")
         assert code == 0, err
-        assert out.strip() == "applied: " + ", ".join(REQUIRED_VERSIONS)
-        code, out, err = await _run(env, "migrate")
+        assert out.strip() == "applied: " + ", ".join(first_run())
+        code, out, err = await run_cli(env, "migrate")
         assert code == 0, err
         assert out.strip() == "applied: nothing (already up to date)"
         conn = await asyncpg.connect(fresh_db)
@@ -385,8 +340,8 @@ class TestMigrateCommand:
             await conn.execute("CREATE TABLE public.users (id uuid PRIMARY KEY)")
         finally:
             await conn.close()
-        env = _clean_env(tmp_path, GUESTFEED_DATABASE_URL=fresh_db, GUESTFEED_JWT_SECRET=SECRET)
-        code, out, err = await _run(env, "migrate")
+        env = clean_env(tmp_path, GUESTFEED_DATABASE_URL=fresh_db, GUESTFEED_JWT_SECRET=SECRET)
+        code, out, err = await run_cli(env, "migrate")
         assert code == 3
         assert "migration refused" in err
         assert "message_deliveries" in err

@@ -21,6 +21,7 @@ from guestfeed_server.migrate import (
     PRODUCTION_TABLES,
     REQUIRED_VERSIONS,
     MigrationError,
+    first_run,
     migrate,
     missing_versions,
     production_schema_sql,
@@ -214,7 +215,7 @@ class TestEmptyDatabase:
         await reference.execute(
             REFERENCE.read_text() if REFERENCE.exists() else production_schema_sql()
         )
-        assert await migrate(migrated) == list(REQUIRED_VERSIONS)
+        assert await migrate(migrated) == first_run()
         want, got = await catalog(reference), await catalog(migrated)
         assert {t for t, k in want["relations"] if k == "r"} == set(PRODUCTION_TABLES)
         assert got["columns"] == want["columns"]
@@ -254,7 +255,7 @@ class TestProductionDatabase:
         rows_before, cat_before = await table_checksums(conn), await catalog(conn)
         assert all(n > 0 for n, _ in rows_before.values())
 
-        assert await migrate(conn) == list(REQUIRED_VERSIONS)
+        assert await migrate(conn) == first_run()
 
         assert await table_checksums(conn) == rows_before
         cat_after = await catalog(conn)
@@ -316,7 +317,7 @@ class TestIdempotence:
             a, b = await asyncio.gather(migrate(first), migrate(second))
         finally:
             await second.close()
-        assert sorted([a, b], key=len) == [[], list(REQUIRED_VERSIONS)]
+        assert sorted([a, b], key=len) == [[], first_run()]
         assert [v for v, _, _ in await recorded(first)] == list(REQUIRED_VERSIONS)
 
     async def test_forgotten_record_is_restored_without_rebuilding(self, new_db: NewDb) -> None:
@@ -393,7 +394,7 @@ class TestInvalidIndexRepair:
 
         applied = await migrate(conn)
 
-        assert applied == list(REQUIRED_VERSIONS)
+        assert applied == first_run()
         state = await gf_index_state(conn)
         assert set(state) == GF_INDEXES
         valid, definition = state[step.name]

@@ -8,6 +8,7 @@ here, so a mistake in the oracle cannot hide a mistake in the SQL.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, timedelta
 
 import grpc
@@ -16,10 +17,11 @@ import pytest
 from guestfeed.v1 import feed_pb2
 from guestfeed_server.auth import Role
 
-from .conftest import Client
+from .conftest import Client, start_client
 from .factory import World
 from .helpers import MODELS, error_info, read_all
 from .oracle import Expected, feed
+from .pgbouncer import MISSING, PGBOUNCER, running_pgbouncer
 
 TYPE_NAMES = {
     feed_pb2.MESSAGE_TYPE_DIRECT: "direct",
@@ -28,6 +30,27 @@ TYPE_NAMES = {
 }
 
 both_models = pytest.mark.parametrize("model", ["v1", "v2"])
+
+
+@pytest.fixture(scope="module", params=["direct", "pgbouncer-session", "pgbouncer-transaction"])
+async def client(
+    request: pytest.FixtureRequest, client: Client, server_dsn: str, admin_dsn: str
+) -> AsyncIterator[Client]:
+    """The whole suite runs straight against PostgreSQL and through a real PgBouncer in
+    each pool mode (skipped where pgbouncer is not installed)."""
+    if request.param == "direct":
+        yield client
+        return
+    if PGBOUNCER is None:
+        pytest.skip(MISSING)
+    mode = request.param.removeprefix("pgbouncer-")
+    with running_pgbouncer(server_dsn, mode, server_pool=3 if mode == "transaction" else 40) as b:
+        pooled = await start_client(b.dsn(admin_dsn), GUESTFEED_DB_POOL_MODE=mode)
+        try:
+            yield pooled
+        finally:
+            await pooled.channel.close()
+            await pooled.app.stop()
 
 
 def as_expected(m: feed_pb2.GuestMessage) -> Expected:

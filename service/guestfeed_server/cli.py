@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from . import cli_bench, cli_rollout, db
 from .auth import Role, mint
 from .config import ConfigError, PoolMode, Settings, StartupError, parse_listen
-from .migrate import MigrationError, migrate, missing_versions
+from .migrate import MigrationError, migrate, missing_page_functions, missing_versions
 from .telemetry import Telemetry, logs, untraced
 
 log = logging.getLogger("guestfeed")
@@ -135,6 +135,8 @@ async def _serve_async(
         with untraced():
             async with pool.acquire() as conn:
                 missing = await missing_versions(conn)
+                if settings.pool_mode is PoolMode.TRANSACTION:
+                    missing += await missing_page_functions(conn)
                 info = await seed_demo(conn) if demo and not missing else None
         if missing:
             await pool.close()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -106,7 +106,8 @@ def where(dsn: str) -> str:
     """host:port/database of a URL, for messages: never its password."""
     try:
         parts = urlsplit(dsn)
-        host = parts.hostname or "localhost"
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        host = parts.hostname or socket_dir or "localhost"
         port = parts.port or 5432
     except ValueError:
         return "(a malformed URL)"
@@ -168,13 +169,11 @@ class PooledConnection(asyncpg.Connection):
 # picks them from row estimates that a LIMIT makes meaningless, so pages run
 # without both. Not as startup parameters: PgBouncer and Supavisor refuse
 # those ("unsupported startup parameter"). In session mode they are SET once
-# per connection, which a session pooler keeps with the session; in
+# per connection, which a session pooler keeps with the session. In
 # transaction mode a session SET would leak to whichever client gets that
-# server connection next, so each page runs in a transaction that SETs them
-# LOCAL (one extra round trip; its COMMIT is sent after the response).
-_PLANNER = "SET {scope}jit = off; SET {scope}max_parallel_workers_per_gather = 0"
-SESSION_PLANNER_SQL = _PLANNER.format(scope="")
-PAGE_TRANSACTION_SQL = "BEGIN READ ONLY; " + _PLANNER.format(scope="LOCAL ")
+# server connection next; there pages are read through functions whose own
+# SET clauses apply them (storage/base.py, `SqlFeedStore.function_ddl`).
+SESSION_PLANNER_SQL = "SET jit = off; SET max_parallel_workers_per_gather = 0"
 
 
 async def _session_setup(conn: asyncpg.Connection) -> None:
@@ -263,9 +262,8 @@ class TrackedPool:
     counting the requests that wait (a metric asyncpg does not report).
     """
 
-    def __init__(self, pool: asyncpg.Pool, mode: PoolMode = PoolMode.SESSION) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.mode = mode
         self.waiting = 0
         self._gate = FairGate(pool.get_max_size())
         self._releasing: set[asyncio.Task[None]] = set()
@@ -313,34 +311,16 @@ class TrackedPool:
         finally:
             self.waiting -= 1
 
-    async def begin_page(self, conn: PoolConnectionProxy, *, timeout: float) -> None:
-        """Sets the page statements' planner choices where they are not
-        session settings (transaction mode: see `PAGE_TRANSACTION_SQL`)."""
-        if self.mode is PoolMode.TRANSACTION:
-            await conn.execute(PAGE_TRANSACTION_SQL, timeout=timeout)
-
     def _release_soon(self, conn: PoolConnectionProxy) -> None:
-        # The pool waits out a cancelled query before the connection is lent
-        # again; the task is kept so it is not collected midway, and
-        # `Pool.close` waits for it. Untraced: it outlives the RPC whose span
-        # it would otherwise join.
+        # The pool rolls back an open transaction and waits out a cancelled
+        # query before the connection is lent again; the task is kept so it
+        # is not collected midway, and `Pool.close` waits for it. Untraced:
+        # it outlives the RPC whose span it would otherwise join.
         task = asyncio.get_running_loop().create_task(
-            self._release(conn), context=self._untraced.copy()
+            self.pool.release(conn), context=self._untraced.copy()
         )
         self._releasing.add(task)
         task.add_done_callback(self._released)
-
-    async def _release(self, conn: PoolConnectionProxy) -> None:
-        # A page's own transaction (transaction mode) ends here, after the
-        # response; asyncpg would roll it back too, but log it as a leak.
-        if self.mode is PoolMode.TRANSACTION and conn.is_in_transaction():
-            try:
-                await conn.execute("COMMIT")
-            except (Exception, asyncio.CancelledError):
-                conn.terminate()
-                await self.pool.release(conn)
-                raise
-        await self.pool.release(conn)
 
     def _released(self, task: asyncio.Task[None]) -> None:
         self._releasing.discard(task)

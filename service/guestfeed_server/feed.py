@@ -79,7 +79,6 @@ class FeedReader:
         timeout = self._timeout(time_remaining)
         store = self._stores[model]
         async with self._pool.acquire(timeout=timeout) as conn:
-            await self._pool.begin_page(conn, timeout=timeout)
             # One statement checks access and reads the page. One row more
             # than asked tells whether another page exists, so the last page
             # carries no token and no empty page is ever served.

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 from .pgtypes import Conn
+from .storage import V1DeliveriesStore, V2MessagesStore
+from .storage.base import SqlFeedStore
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,20 @@ CREATE TABLE IF NOT EXISTS guestfeed.rollout_changes (
     ),
 )
 
+
+def page_function_stores() -> tuple[SqlFeedStore, ...]:
+    """The stores whose page functions `migrate` installs (see SqlFeedStore.function_ddl)."""
+    return (V1DeliveriesStore(), V2MessagesStore())
+
+
 REQUIRED_VERSIONS = tuple(
     sorted(("0001", *(i.version for i in INDEXES), *(v for v, _, _ in OWN_STEPS)))
 )
+
+
+def first_run() -> list[str]:
+    """What `migrate` reports on an empty database: every version, then the page functions."""
+    return [*REQUIRED_VERSIONS, *(f"function {s.function_name}" for s in page_function_stores())]
 
 
 def production_schema_sql() -> str:
@@ -166,9 +179,18 @@ async def migrate(conn: Conn) -> list[str]:
                 await conn.execute(sql)
                 if await _record(conn, version, description):
                     applied.append(version)
+        applied.sort()
+        # Not numbered steps: a function's name follows its statement, so a
+        # release that changes a page statement adds its function beside the
+        # old one (which the replicas not yet upgraded still call).
+        for store in page_function_stores():
+            if not await _function_exists(conn, store):
+                async with conn.transaction():
+                    await conn.execute(store.function_ddl())
+                applied.append(f"function {store.function_name}")
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
-    return sorted(applied)
+    return applied
 
 
 async def missing_versions(conn: Conn) -> list[str]:
@@ -180,6 +202,21 @@ async def missing_versions(conn: Conn) -> list[str]:
         r["version"] for r in await conn.fetch("SELECT version FROM guestfeed.schema_migrations")
     }
     return [v for v in REQUIRED_VERSIONS if v not in have]
+
+
+async def missing_page_functions(conn: Conn) -> list[str]:
+    """The page functions this release calls behind a transaction pooler that
+    migrate has not installed yet."""
+    return [
+        store.function_name
+        for store in page_function_stores()
+        if not await _function_exists(conn, store)
+    ]
+
+
+async def _function_exists(conn: Conn, store: SqlFeedStore) -> bool:
+    signature = f"{store.function_name}(uuid, uuid, timestamptz, uuid, integer)"
+    return bool(await conn.fetchval("SELECT to_regprocedure($1) IS NOT NULL", signature))
 
 
 async def _lock(conn: Conn) -> None:

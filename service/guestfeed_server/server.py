@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
 from .auth import Authenticator, JwksError, JwksKeys, KeySet
-from .config import Settings, StartupError
+from .config import PoolMode, Settings, StartupError
 from .consistency import ConsistencySampler
 from .db import Keys, TrackedPool
 from .feed import FeedReader
@@ -100,6 +100,7 @@ async def start(
     listen: str | None = None,
     rollout: RolloutPolicy | None = None,
     telemetry: Telemetry | None = None,
+    jwks: JwksKeys | None = None,
 ) -> App:
     """Builds and starts the server on `listen` (default: the settings').
 
@@ -118,22 +119,22 @@ async def start(
         # the pure-Python backend (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python)
         # is many times slower than upb, the default of the pinned protobuf.
         log.warning("protobuf's %r backend is in use: pages build slowly", protobuf_backend())
-    jwks: JwksKeys | None = None
-    if settings.jwks_url is not None:
+    if jwks is None and settings.jwks_url is not None:
         jwks = JwksKeys(settings.jwks_url, timeout_s=min(settings.connect_timeout_s, 5.0))
+    if jwks is not None:
         try:
             await jwks.start(startup_timeout_s=settings.connect_timeout_s)
         except JwksError as exc:
             raise StartupError(
                 f"GUESTFEED_JWKS_URL: cannot fetch the project's signing keys from "
-                f"{settings.jwks_url}: {exc}"
+                f"{jwks.url}: {exc}"
             ) from None
     auth = Authenticator(
         KeySet(jwks, keys.jwt_secret),
         issuer=settings.jwt_issuer,
         allow_anonymous=settings.allow_anonymous,
     )
-    tracked = TrackedPool(pool, settings.pool_mode)
+    tracked = TrackedPool(pool)
     telemetry.sources.pool_in_use = tracked.in_use
     telemetry.sources.pool_idle = tracked.idle
     telemetry.sources.pool_waiting = lambda: tracked.waiting
@@ -168,7 +169,10 @@ async def start(
         query_timeout_s=settings.query_timeout_s,
         applied=state.apply if state is not None else None,
     )
-    stores = {m: make_store(m) for m in ReadModel}
+    # Behind a transaction pooler pages are read through server-side
+    # functions (their plans cached in the server session, see storage/base.py).
+    server_side = settings.pool_mode is PoolMode.TRANSACTION
+    stores = {m: make_store(m, server_side=server_side) for m in ReadModel}
     sampler = ConsistencySampler(
         tracked,
         stores,

@@ -126,13 +126,16 @@ class Authenticator:
                 "the bearer token is malformed or its signature does not verify", "TOKEN_INVALID"
             ) from None
         exp = float(claims["exp"])
-        if claims.get("role") == Role.SERVICE_ROLE.value and "sub" not in claims:
+        # The role first: a verified anon key (or any other role) is a known
+        # caller who may not use this service, whatever else it carries.
+        role = _role(claims)
+        if role is Role.SERVICE_ROLE and "sub" not in claims:
             if key.shared_secret and claims.get("iss") == API_KEY_ISSUER:
                 return _api_key(claims), exp
             raise _missing("sub")
-        return self._user(claims), exp
+        return self._user(claims, role), exp
 
-    def _user(self, claims: dict[str, Any]) -> Principal:
+    def _user(self, claims: dict[str, Any], role: Role) -> Principal:
         if "sub" not in claims:
             raise _missing("sub")
         if "aud" not in claims:
@@ -160,7 +163,7 @@ class Authenticator:
             raise Unauthenticated(
                 "the bearer token's 'is_anonymous' must be true or false", "TOKEN_INVALID"
             )
-        return Principal(user_id=user_id, role=_role(claims), anonymous=anonymous)
+        return Principal(user_id=user_id, role=role, anonymous=anonymous)
 
 
 def _api_key(claims: dict[str, Any]) -> Principal:
@@ -175,9 +178,10 @@ def _role(claims: dict[str, Any]) -> Role:
     try:
         return Role(role)
     except (ValueError, TypeError):
+        hint = "; the anon key reads nothing, sign in first" if role == "anon" else ""
         raise PermissionDenied(
             f"role {str(role)[:40]!r} may not call this service "
-            "(expected 'authenticated' or 'service_role')",
+            f"(expected 'authenticated' or 'service_role'){hint}",
             "ROLE_NOT_ALLOWED",
         ) from None
 

@@ -48,6 +48,7 @@ from .measure_db import (
     _viewers,
 )
 from .measure_grpc import _measure_grpc
+from .poolers import measure_poolers
 from .procs import spawn_server
 from .report import (
     FeedReport,
@@ -164,6 +165,8 @@ async def run_in(options: FeedOptions, dsn: str) -> FeedReport:
         code = await server.stop()
         if code != 0:
             report.notes.append(f"guestfeed serve exited with {code}")
+    pooled_on = data.events.get("shape") or events[0]
+    await measure_poolers(dsn, report, pooled_on, viewers[pooled_on.key], options, say)
     report.elapsed_s = round(time.perf_counter() - say.started, 1)
     report.machine["loadavg_end"] = list(os.getloadavg())
     return report

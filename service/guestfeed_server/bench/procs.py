@@ -92,7 +92,8 @@ async def spawn_server(
     try:
         port = await asyncio.wait_for(wait_ready(), ready_timeout_s)
     except BaseException:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
         raise
     server = ServerProcess(proc=proc, port=port, log=log)

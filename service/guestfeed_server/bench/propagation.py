@@ -43,7 +43,7 @@ class PropagationResult:
 
 
 async def start_replicas(
-    dsn: str, secret: str, *, refresh_s: float = 30
+    dsn: str, secret: str, *, refresh_s: float = 30, extra_env: dict[str, str] | None = None
 ) -> tuple[ServerProcess, ServerProcess]:
     """Two `guestfeed serve` processes on one database. The periodic re-read
     is long enough that only a NOTIFY can explain a fast propagation."""
@@ -52,6 +52,7 @@ async def start_replicas(
         "GUESTFEED_JWT_SECRET": secret,
         "GUESTFEED_LISTEN": "127.0.0.1:0",
         "GUESTFEED_ROLLOUT_REFRESH_S": str(refresh_s),
+        **(extra_env or {}),
     }
     a = await spawn_server(env)
     try:

@@ -56,6 +56,8 @@ class FeedReport:
     series: list[Series] = field(default_factory=list)
     stream: dict[str, Any] = field(default_factory=dict)
     concurrency: dict[str, Any] = field(default_factory=dict)
+    # The v2 first page directly and through PgBouncer (bench/poolers.py).
+    poolers: list[Series] = field(default_factory=list)
     explain: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -243,6 +245,8 @@ def table(report: FeedReport) -> str:
                 f"{x['requests_per_s']:,} req/s, p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms"
                 f"{extra}"
             )
+    if report.poolers:
+        lines += ["", _pooler_lines(report.poolers)]
     lines.append("")
     lines.append("targets:")
     for name, value, met in targets(report):
@@ -251,6 +255,24 @@ def table(report: FeedReport) -> str:
     for note in report.notes:
         lines.append(f"note: {note}")
     lines.append(f"(whole run {report.elapsed_s:.0f}s)")
+    return "\n".join(lines)
+
+
+def _pooler_lines(series: list[Series]) -> str:
+    """The pooler series, each against the same kind of call in session mode."""
+    by = {s.what: s for s in series}
+    head = (
+        f"{'pooler: v2 first page':<28} {'scale':<10} {'median ms':>10} {'p99 ms':>10}  vs session"
+    )
+    lines = [head, "-" * len(head)]
+    for s in series:
+        base = by.get(
+            "grpc v2 pgb-session" if s.what.startswith("grpc") else "adapter v2 pgb-session"
+        )
+        versus = ""
+        if base is not None and base is not s:
+            versus = f"{s.median_ms / base.median_ms:.2f}x ({s.median_ms - base.median_ms:+.3f} ms)"
+        lines.append(f"{s.what:<28} {s.scale:<10} {s.median_ms:>10.3f} {s.p99_ms:>10.3f}  {versus}")
     return "\n".join(lines)
 
 
@@ -281,6 +303,16 @@ def to_json(report: FeedReport) -> dict[str, Any]:
         ],
         "stream": report.stream,
         "concurrency": report.concurrency,
+        "poolers": [
+            {
+                "what": s.what,
+                "scale": s.scale,
+                "samples": len(s.samples_ms),
+                "median_ms": round(s.median_ms, 4),
+                "p99_ms": round(s.p99_ms, 4),
+            }
+            for s in report.poolers
+        ],
         "targets": [{"target": n, "value": v, "met": m} for n, v, m in targets(report)],
         "notes": report.notes,
         "explain": report.explain,

@@ -11,14 +11,17 @@ from .v2 import V2MessagesStore
 __all__ = ["FeedStore", "V1DeliveriesStore", "V2MessagesStore", "load_viewer", "make_store"]
 
 
-def make_store(read_model: ReadModel) -> FeedStore:
+def make_store(read_model: ReadModel, *, server_side: bool = False) -> FeedStore:
     """The one factory: returns the adapter for a read model.
+
+    `server_side` reads pages through the store's function in the `guestfeed`
+    schema (for transaction-mode poolers; see `SqlFeedStore.function_ddl`).
 
     Raises:
         ValueError: an unknown read model (a bug: callers validate first).
     """
     if read_model is ReadModel.V1:
-        return V1DeliveriesStore()
+        return V1DeliveriesStore(server_side=server_side)
     if read_model is ReadModel.V2:
-        return V2MessagesStore()
+        return V2MessagesStore(server_side=server_side)
     raise ValueError(f"no feed store for read model {read_model!r}")
