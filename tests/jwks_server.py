@@ -82,6 +82,20 @@ def user_claims(user: uuid.UUID, *, issuer: str = ISSUER, **overrides: Any) -> d
     return {k: v for k, v in claims.items() if v is not None}
 
 
+def api_key(role: str, secret: str, **overrides: Any) -> str:
+    """A Supabase legacy API key: HS256 with the project secret, no sub, no aud."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": "supabase",
+        "ref": PROJECT_REF,
+        "role": role,
+        "iat": now - 3600,
+        "exp": now + 10 * 365 * 86400,
+    }
+    claims.update(overrides)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret, "HS256")
+
+
 @dataclass
 class JwksServer:
     """Serves `/auth/v1/.well-known/jwks.json` from a thread on 127.0.0.1."""

@@ -30,6 +30,7 @@ from guestfeed_server.migrate import migrate
 
 from .conftest import SECRET, Client, scratch_database, start_client
 from .factory import World
+from .jwks_server import PROJECT_REF
 
 REVISION_RE = re.compile(r"^revision\s+(\d+)$", re.M)
 
@@ -371,6 +372,29 @@ class TestSecret:
         assert_clean_failure(result, 2)
         assert "GUESTFEED_JWT_SECRET" in result.err and "--token" in result.err
         assert not (rig.tmp / "data" / "jwt_secret").exists()
+
+
+class TestServiceKey:
+    async def test_the_projects_service_role_key_administers_from_the_environment(
+        self, rig: Rig
+    ) -> None:
+        """GUESTFEED_SERVICE_TOKEN (the legacy service_role key) is used as it is, with no HS256
+        secret at hand; the audit log names the key."""
+        from .test_service_keys import api_key
+
+        key = api_key("service_role", SECRET)
+        env = {
+            "GUESTFEED_SERVICE_TOKEN": key,
+            "GUESTFEED_JWT_SECRET": None,
+            "GUESTFEED_JWKS_URL": "https://ref.supabase.co/auth/v1/.well-known/jwks.json",
+            "GUESTFEED_PAGE_TOKEN_SECRET": "page-" + "k" * 40,
+        }
+        result = await rig.cli("set", "--percentage", "7", "--reason", "ops", **env)
+        assert (result.code, result.err) == (0, ""), result
+        result = await rig.cli("history", "--json", **env)
+        change = json.loads(result.out)["changes"][0]
+        assert change["changed_by"] == f"service_role key (ref {PROJECT_REF})"
+        assert (await rig.config()).v2_percentage == 7
 
 
 class TestHistory:

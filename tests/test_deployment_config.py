@@ -303,3 +303,22 @@ class TestNewSupabaseProject:
         assert code == 2, err
         assert len(lines) == 1 and "GUESTFEED_JWKS_URL" in lines[0], err
         assert "Traceback" not in err
+
+
+class TestDirectUrl:
+    async def test_an_unreachable_direct_url_is_exit_2_naming_it(
+        self, tmp_path: Path, migrated: str, unreachable_port: int
+    ) -> None:
+        """A direct URL that refuses connections stops `serve` with one line naming it."""
+        env = clean_env(
+            tmp_path,
+            GUESTFEED_DATABASE_URL=migrated,
+            GUESTFEED_JWT_SECRET=SECRET,
+            GUESTFEED_DB_POOL_MODE="transaction",
+            GUESTFEED_DIRECT_DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{unreachable_port}/db",
+        )
+        code, _, err = await run_cli(env, "serve", timeout=30)
+        lines = [line for line in err.splitlines() if '"level"' not in line and line.strip()]
+        assert code == 2, err
+        assert len(lines) == 1 and "GUESTFEED_DIRECT_DATABASE_URL" in lines[0], err
+        assert "connection refused" in lines[0]

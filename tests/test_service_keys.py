@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import grpc
 import jwt
@@ -17,24 +15,10 @@ from guestfeed_server.auth import Authenticator, HS256Secret
 from .conftest import SECRET, Client, start_client
 from .factory import World
 from .helpers import error_info
-from .jwks_server import ISSUER, PROJECT_REF, JwksServer, user_claims
+from .jwks_server import ISSUER, PROJECT_REF, JwksServer, api_key, user_claims
 from .rollout_helpers import Own, get_config, history, pb_config
 
 R = rollout_pb2
-
-
-def api_key(role: str, secret: str = SECRET, **overrides: Any) -> str:
-    """A Supabase legacy API key: HS256 with the project secret, no sub, no aud."""
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": "supabase",
-        "ref": PROJECT_REF,
-        "role": role,
-        "iat": now - 3600,
-        "exp": now + 10 * 365 * 86400,
-    }
-    claims.update(overrides)
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret, "HS256")
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -52,7 +36,7 @@ class TestLegacyServiceRoleKey:
         self, own: Own
     ) -> None:
         """The service_role key reads and updates the config; the audit row says which key."""
-        key = bearer(api_key("service_role"))
+        key = bearer(api_key("service_role", SECRET))
         c = own.client
         current = (
             await c.rollout.GetRolloutConfig(R.GetRolloutConfigRequest(), metadata=key)
@@ -71,7 +55,7 @@ class TestLegacyServiceRoleKey:
         """GetReadModel answers the service key for any (event, user)."""
         resp = await client.rollout.GetReadModel(
             R.GetReadModelRequest(event_id=str(uuid.uuid4()), user_id=str(uuid.uuid4())),
-            metadata=bearer(api_key("service_role")),
+            metadata=bearer(api_key("service_role", SECRET)),
         )
         assert resp.read_model == feed_pb2.READ_MODEL_V1
 
@@ -82,7 +66,7 @@ class TestLegacyServiceRoleKey:
         """A key that names no user gets PERMISSION_DENIED USER_REQUIRED from the feed RPCs."""
         event = await world.event()
         await world.member(event)
-        key = bearer(api_key("service_role"))
+        key = bearer(api_key("service_role", SECRET))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             if rpc == "list":
                 await client.feed.ListMessages(
@@ -98,7 +82,7 @@ class TestLegacyServiceRoleKey:
 
     async def test_a_key_signed_with_another_secret_is_refused(self, client: Client) -> None:
         """Another project's service key does not verify."""
-        token = api_key("service_role", secret="another-project-" + "q" * 40)
+        token = api_key("service_role", "another-project-" + "q" * 40)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.rollout.GetRolloutConfig(
                 R.GetRolloutConfigRequest(), metadata=bearer(token)
@@ -109,7 +93,7 @@ class TestLegacyServiceRoleKey:
         self, client: Client
     ) -> None:
         """role service_role without sub and without iss 'supabase' is not an API key."""
-        token = api_key("service_role", iss="someone-else")
+        token = api_key("service_role", SECRET, iss="someone-else")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.rollout.GetRolloutConfig(
                 R.GetRolloutConfigRequest(), metadata=bearer(token)
@@ -122,7 +106,7 @@ class TestAnonKeyAndOtherRoles:
     @pytest.mark.parametrize("rpc", ["feed", "read_model", "config"])
     async def test_the_anon_key_reads_nothing(self, client: Client, world: World, rpc: str) -> None:
         """The anon key is PERMISSION_DENIED ROLE_NOT_ALLOWED on every RPC."""
-        key = bearer(api_key("anon"))
+        key = bearer(api_key("anon", SECRET))
         event = await world.event()
         calls = {
             "feed": lambda: client.feed.ListMessages(
@@ -225,7 +209,7 @@ class TestMidMigrationProject:
             )
             assert [m.message_id for m in got.messages] == [str(mid)]
         cfg = await mixed.rollout.GetRolloutConfig(
-            R.GetRolloutConfigRequest(), metadata=bearer(api_key("service_role"))
+            R.GetRolloutConfigRequest(), metadata=bearer(api_key("service_role", SECRET))
         )
         assert cfg.config.revision >= 1
 
@@ -233,7 +217,9 @@ class TestMidMigrationProject:
 class TestAuthenticatorUnit:
     def test_api_key_principal_has_no_user_and_names_its_ref(self) -> None:
         """The key's principal is a service caller with no user, audited by its project ref."""
-        who = Authenticator(HS256Secret(SECRET)).authenticate(bearer(api_key("service_role")))
+        who = Authenticator(HS256Secret(SECRET)).authenticate(
+            bearer(api_key("service_role", SECRET))
+        )
         assert (who.user_id, who.is_service, who.actor) == (
             None,
             True,

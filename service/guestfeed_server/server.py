@@ -24,6 +24,7 @@ from .auth import Authenticator, JwksError, JwksKeys, KeySet
 from .config import PoolMode, Settings, StartupError
 from .consistency import ConsistencySampler
 from .db import Keys, TrackedPool
+from .db import connect as db_connect
 from .feed import FeedReader
 from .grpc_errors import ErrorMappingInterceptor
 from .health import DatabaseHealth
@@ -143,6 +144,16 @@ async def start(
         if dsn is None:
             raise ValueError("start() needs the dsn for the rollout listener, or a rollout policy")
         listen_dsn = settings.direct_database_url or dsn if settings.can_listen else None
+        if settings.direct_database_url is not None:
+            # A wrong direct URL would otherwise only show as a replica stuck
+            # on its fail-safe rollout: refuse to start instead, by name.
+            probe = await db_connect(
+                settings.direct_database_url,
+                "GUESTFEED_DIRECT_DATABASE_URL",
+                timeout=settings.connect_timeout_s,
+                application_name="guestfeed-startup",
+            )
+            await probe.close()
         if listen_dsn is None:
             log.warning(
                 "GUESTFEED_DB_POOL_MODE=transaction without GUESTFEED_DIRECT_DATABASE_URL: "
