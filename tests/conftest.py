@@ -7,6 +7,7 @@ temporary folder. Either way each run gets a fresh database of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -21,15 +22,16 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
-from guestfeed_server import server as server_mod
+from guestfeed_server.app import App, running
 from guestfeed_server.auth import JwksKeys, Role, mint
-from guestfeed_server.bench.scratch import (  # the test modules import scratch_database from here
+from guestfeed_server.rollout import RolloutPolicy
+from guestfeed_server.settings import Settings
+from guestfeed_server.storage.migrate import migrate
+from guestfeed_server.telemetry import Telemetry
+from guestfeed_server.testing import (  # the test modules import scratch_database from here
     scratch_database as scratch_database,
 )
-from guestfeed_server.bench.scratch import with_database
-from guestfeed_server.config import Settings
-from guestfeed_server.db import Keys, create_pool, keys_for
-from guestfeed_server.migrate import migrate
+from guestfeed_server.testing import with_database
 
 from .factory import World
 from .tracing import Tracing, shared_tracing
@@ -38,8 +40,6 @@ from .tracing import Tracing, shared_tracing
 pytest_plugins = ("tests.rollout_helpers", "tests.cli_helpers")
 
 SECRET = "test-secret-" + "x" * 40
-# What `guestfeed serve` derives from GUESTFEED_JWT_SECRET alone.
-KEYS = Keys(jwt_secret=SECRET, page_token_keys=(SECRET,))
 
 # CI runs the same examples every time: a red build is then reproducible, and
 # the random exploration happens on developers' machines (and is saved in
@@ -118,12 +118,18 @@ def test_settings(**overrides: str) -> Settings:
 
 @dataclass
 class Client:
-    """Stubs on a channel to the server under test, and a token minter."""
+    """Stubs on a channel to a replica under test (in this process), and a token minter."""
 
     channel: grpc.aio.Channel
     feed: feed_pb2_grpc.GuestFeedServiceStub
     rollout: rollout_pb2_grpc.RolloutServiceStub
-    app: server_mod.App
+    app: App
+    stack: contextlib.AsyncExitStack
+
+    async def stop(self) -> None:
+        """Closes the channel, then stops the replica (`running`'s shutdown)."""
+        await self.channel.close()
+        await self.stack.aclose()
 
     @staticmethod
     def token(user_id: uuid.UUID, role: Role = Role.AUTHENTICATED, ttl_s: int = 600) -> str:
@@ -136,17 +142,30 @@ class Client:
         return [("authorization", f"Bearer {cls.token(user_id, role)}")]
 
 
-async def start_client(dsn: str, *, jwks: JwksKeys | None = None, **settings: str) -> Client:
-    """Starts a server on 127.0.0.1:0 against `dsn` and connects to it."""
-    cfg = test_settings(**settings)
-    # The production pool (its connection class and session settings).
-    pool = await create_pool(dsn, cfg)
+async def start_client(
+    dsn: str,
+    *,
+    jwks: JwksKeys | None = None,
+    rollout: RolloutPolicy | None = None,
+    telemetry: Telemetry | None = None,
+    **settings: str,
+) -> Client:
+    """Runs a replica on 127.0.0.1:0 against `dsn` (as `guestfeed serve` does, with
+    telemetry off unless given) and connects to it."""
+    cfg = test_settings(GUESTFEED_DATABASE_URL=dsn, GUESTFEED_LISTEN="127.0.0.1:0", **settings)
+    stack = contextlib.AsyncExitStack()
     try:
-        app = await server_mod.start(
-            cfg, pool, keys_for(cfg), dsn=dsn, listen="127.0.0.1:0", jwks=jwks
+        app = await stack.enter_async_context(
+            running(
+                cfg,
+                telemetry=telemetry or Telemetry.disabled(),
+                rollout=rollout,
+                jwks=jwks,
+                migrate_first=False,
+            )
         )
     except BaseException:
-        await pool.close()
+        await stack.aclose()
         raise
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     return Client(
@@ -154,6 +173,7 @@ async def start_client(dsn: str, *, jwks: JwksKeys | None = None, **settings: st
         feed=feed_pb2_grpc.GuestFeedServiceStub(channel),
         rollout=rollout_pb2_grpc.RolloutServiceStub(channel),
         app=app,
+        stack=stack,
     )
 
 
@@ -162,8 +182,7 @@ async def client(admin_dsn: str) -> AsyncIterator[Client]:
     """A server shared by the tests that do not stop or break it."""
     c = await start_client(admin_dsn)
     yield c
-    await c.channel.close()
-    await c.app.stop()
+    await c.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestfeed_server.bench.pgbouncer import MISSING, PGBOUNCER, Bouncer, running_pgbouncer
+from guestfeed_server.testing.pgbouncer import MISSING, PGBOUNCER, Bouncer, running_pgbouncer
 
 __all__ = ["MISSING", "PGBOUNCER", "Bouncer", "needs_pgbouncer", "running_pgbouncer"]
 

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_server.auth import Role
-from guestfeed_server.migrate import migrate
-from guestfeed_server.model import ReadModel
+from guestfeed_server.domain.model import ReadModel
+from guestfeed_server.storage.migrate import migrate
 
 from .conftest import Client, scratch_database, start_client
 from .factory import World
@@ -123,8 +123,7 @@ def decision(r: R.GetReadModelResponse) -> tuple[int, int, int]:
 
 
 async def stop(c: Client) -> None:
-    await c.channel.close()
-    await c.app.stop()
+    await c.stop()
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_server.auth import AUDIENCE, Authenticator, HS256Secret, Role
-from guestfeed_server.errors import PermissionDenied, Unauthenticated
+from guestfeed_server.domain.errors import PermissionDenied, Unauthenticated
 
 from .conftest import SECRET, Client
 from .helpers import error_info, rich_status

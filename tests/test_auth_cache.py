@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from guestfeed_server.auth import Authenticator, HS256Secret, Role, mint
-from guestfeed_server.errors import Unauthenticated
+from guestfeed_server.domain.errors import Unauthenticated
 
 from .conftest import SECRET
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from guestfeed_server.bench import dataset, feed, peer
+from bench import dataset, feed, peer
 
 from .conftest import scratch_database
 

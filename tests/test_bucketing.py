@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guestfeed_server.bucketing import bucket, simple_hash
+from guestfeed_server.rollout.bucketing import bucket, simple_hash
 
 DATA = Path(__file__).parent / "data"
 VECTORS_PATH = DATA / "simple_hash_vectors.json"

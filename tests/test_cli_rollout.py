@@ -24,9 +24,11 @@ import pytest
 
 from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_client import GuestFeedClient
-from guestfeed_server import cli, cli_rollout, cli_rollout_format
+from guestfeed_server import cli
 from guestfeed_server.auth import Role
-from guestfeed_server.migrate import migrate
+from guestfeed_server.cli import rollout as cli_rollout
+from guestfeed_server.cli import rollout_format as cli_rollout_format
+from guestfeed_server.storage.migrate import migrate
 
 from .conftest import SECRET, Client, scratch_database, start_client
 from .factory import World
@@ -124,8 +126,7 @@ async def rig(server_dsn: str, tmp_path: Path) -> AsyncIterator[Rig]:
         try:
             yield Rig(client=client, world=World(pool), tmp=tmp_path)
         finally:
-            await client.channel.close()
-            await client.app.stop()
+            await client.stop()
             await pool.close()
 
 

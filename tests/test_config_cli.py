@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfeed_server.config import ConfigError, Settings
-from guestfeed_server.migrate import REQUIRED_VERSIONS, first_run
+from guestfeed_server.settings import ConfigError, Settings
+from guestfeed_server.storage.migrate import REQUIRED_VERSIONS, first_run
 
 from .cli_helpers import clean_env, run_cli
 from .conftest import SECRET

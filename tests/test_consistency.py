@@ -19,9 +19,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from guestfeed.v1 import feed_pb2
-from guestfeed_server.consistency import WINDOW, Comparison, ConsistencySampler, compare
-from guestfeed_server.model import FeedMessage, MessageType, ReadModel, Viewer
-from guestfeed_server.storage import load_viewer, make_store
+from guestfeed_server.domain.budget import Budget
+from guestfeed_server.domain.model import FeedMessage, MessageType, ReadModel, Viewer
+from guestfeed_server.feed.consistency import WINDOW, Comparison, ConsistencySampler, compare
+from guestfeed_server.storage import Database, make_store
 from guestfeed_server.telemetry import Telemetry
 
 from .conftest import Client
@@ -140,15 +141,15 @@ def total(reader: InMemoryMetricReader, name: str) -> Any:
 
 
 async def viewer(pool: asyncpg.Pool, event: uuid.UUID, user: uuid.UUID) -> Viewer:
-    async with pool.acquire() as conn:
-        v = await load_viewer(conn, event, user, timeout=5)
+    store = make_store(ReadModel.V1, Database(pool))
+    v = (await store.read(event, user, None, 1, Budget(5))).viewer
     assert v is not None
     return v
 
 
 def sampler(pool: asyncpg.Pool, t: Telemetry, rate: float = 1.0) -> ConsistencySampler:
-    stores = {m: make_store(m) for m in ReadModel}
-    return ConsistencySampler(pool, stores, t.metrics, rate=rate, timeout_s=5)
+    stores = {m: make_store(m, Database(pool)) for m in ReadModel}
+    return ConsistencySampler(stores, t.metrics, rate=rate, timeout_s=5)
 
 
 async def differing_feed(world: World) -> tuple[uuid.UUID, uuid.UUID]:
@@ -175,7 +176,7 @@ class TestSampler:
         v2 = {e.message_id for e in feed(world, event, user, "v2")}
         assert (len(v1 - v2), len(v2 - v1)) == (1, 2)
         t, reader = sampler_metrics()
-        with caplog.at_level(logging.INFO, logger="guestfeed_server.consistency"):
+        with caplog.at_level(logging.INFO, logger="guestfeed_server.feed.consistency"):
             result = await sampler(admin_pool, t).check(await viewer(admin_pool, event, user))
         assert result == Comparison(len(v1), len(v2), 1, 2)
         assert result.difference == 1

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfeed_server.db import FairGate, TrackedPool, create_pool
+from guestfeed_server.domain.budget import Budget
+from guestfeed_server.domain.errors import Unavailable
+from guestfeed_server.storage.database import Database, FairGate, create_pool
 
 from . import conftest
 from .conftest import scratch_database
@@ -124,14 +126,15 @@ async def test_a_borrower_that_times_out_takes_no_slot_with_it(
     pool_and_dsn: tuple[asyncpg.Pool, str],
 ) -> None:
     pool, _ = pool_and_dsn  # one connection
-    tracked = TrackedPool(pool)
-    async with tracked.acquire(timeout=1):
-        with pytest.raises(TimeoutError):
-            async with tracked.acquire(timeout=0.05):
+    tracked = Database(pool)
+    async with tracked.acquire(Budget(1)):
+        with pytest.raises(Unavailable) as waited:
+            async with tracked.acquire(Budget(0.05)):
                 pass  # pragma: no cover - never admitted
+        assert waited.value.reason == "DATABASE_TIMEOUT"
         assert tracked.waiting == 0
     # The holder's connection goes back in a task; the next borrower gets it.
-    async with tracked.acquire(timeout=1) as conn:
+    async with tracked.acquire(Budget(1)) as conn:
         assert await conn.fetchval("SELECT 1") == 1
 
 

@@ -11,13 +11,13 @@ import asyncpg
 import pytest
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
-from guestfeed_server.bench.procs import spawn_server
-from guestfeed_server.config import ConfigError, PoolMode, Settings
-from guestfeed_server.db import keys_for
-from guestfeed_server.errors import InvalidArgument
-from guestfeed_server.migrate import migrate
-from guestfeed_server.model import Cursor, ReadModel
-from guestfeed_server.pagination import PageTokens, TokenScope
+from guestfeed_server.auth.keyring import keys_for
+from guestfeed_server.domain.errors import InvalidArgument
+from guestfeed_server.domain.model import Cursor, ReadModel
+from guestfeed_server.feed.tokens import PageTokens, TokenScope
+from guestfeed_server.settings import ConfigError, PoolMode, Settings
+from guestfeed_server.storage.migrate import migrate
+from guestfeed_server.testing.procs import spawn_server
 
 from .cli_helpers import clean_env, run_cli
 from .conftest import SECRET
@@ -114,11 +114,11 @@ class TestPageTokenKeys:
         scope = TokenScope(uuid.uuid4(), uuid.uuid4(), ReadModel.V2)
         cursor = Cursor(datetime(2026, 5, 1, tzinfo=UTC), uuid.uuid4())
         old = PageTokens([PAGE_KEY]).encode(scope, cursor)
-        assert PageTokens([PAGE_KEY_2, PAGE_KEY]).decode(old, scope) == cursor
+        assert PageTokens([PAGE_KEY_2, PAGE_KEY]).open(old).cursor_for(scope) == cursor
         new = PageTokens([PAGE_KEY_2, PAGE_KEY]).encode(scope, cursor)
-        assert PageTokens([PAGE_KEY_2]).decode(new, scope) == cursor
+        assert PageTokens([PAGE_KEY_2]).open(new).cursor_for(scope) == cursor
         with pytest.raises(InvalidArgument):
-            PageTokens([PAGE_KEY_2]).decode(old, scope)
+            PageTokens([PAGE_KEY_2]).open(old)
 
 
 class TestCredentialsOfTheCommands:
@@ -197,7 +197,7 @@ class TestDatabaseStartUpErrors:
         no password, exit 2."""
         from urllib.parse import urlsplit, urlunsplit
 
-        from guestfeed_server.bench.scratch import with_database
+        from guestfeed_server.testing.scratch import with_database
 
         real = with_database(server_dsn, "guestfeed_no_such_db")
         urls = {
@@ -238,7 +238,7 @@ def endpoint() -> Iterator[JwksServer]:
 
 @pytest.fixture
 async def migrated(server_dsn: str) -> Iterator[str]:  # type: ignore[misc]
-    from guestfeed_server.bench.scratch import scratch_database
+    from guestfeed_server.testing.scratch import scratch_database
 
     async with scratch_database(server_dsn, "guestfeed_deploy") as (_, dsn):
         conn = await asyncpg.connect(dsn)

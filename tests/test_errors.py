@@ -14,13 +14,14 @@ from google.rpc import code_pb2, error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
-from guestfeed_server import errors, grpc_errors
-from guestfeed_server import server as server_mod
-from guestfeed_server.migrate import migrate
+from guestfeed.v1 import feed_pb2, rollout_pb2
+from guestfeed_server.api import errors as grpc_errors
+from guestfeed_server.domain import errors
+from guestfeed_server.domain.budget import Budget
 from guestfeed_server.rollout import Decision
+from guestfeed_server.storage.errors import translate
+from guestfeed_server.storage.migrate import migrate
 
-from . import conftest
 from .conftest import Client, scratch_database, start_client
 from .factory import World
 from .helpers import error_info, field_violations, rich_status
@@ -345,9 +346,9 @@ class TestErrorMap:
         ],
         ids=lambda e: type(e).__name__,
     )
-    def test_bugs_are_not_classified(self, exc: BaseException) -> None:
-        """Programming errors and SQL mistakes classify as None (a bug, hence INTERNAL)."""
-        assert grpc_errors.classify(exc, None) is None
+    def test_bugs_are_not_translated(self, exc: BaseException) -> None:
+        """Programming errors and SQL mistakes translate to None (a bug, hence INTERNAL)."""
+        assert translate(exc, Budget(5)) is None
 
     @pytest.mark.parametrize(
         "exc",
@@ -366,8 +367,8 @@ class TestErrorMap:
         ids=lambda e: type(e).__name__,
     )
     def test_connection_failures_are_unavailable(self, exc: BaseException) -> None:
-        """Connection-level database failures classify as Unavailable (retryable)."""
-        err = grpc_errors.classify(exc, 10.0)
+        """Connection-level database failures translate to Unavailable (retryable)."""
+        err = translate(exc, Budget.of(5, 10.0))
         assert isinstance(err, errors.Unavailable)
         assert err.reason == "DATABASE_UNAVAILABLE"
 
@@ -378,16 +379,16 @@ class TestErrorMap:
     )
     def test_timeouts_split_on_the_deadline(self, exc: BaseException) -> None:
         """A timeout with the deadline spent is DEADLINE_EXCEEDED, else UNAVAILABLE (slow DB)."""
-        assert isinstance(grpc_errors.classify(exc, 0.0), errors.DeadlineExceeded)
-        slow = grpc_errors.classify(exc, 3.0)
+        assert isinstance(translate(exc, Budget.of(5, 0.0)), errors.DeadlineExceeded)
+        slow = translate(exc, Budget.of(5, 3.0))
         assert isinstance(slow, errors.Unavailable) and slow.reason == "DATABASE_TIMEOUT"
-        no_deadline = grpc_errors.classify(exc, None)
+        no_deadline = translate(exc, Budget(5))
         assert isinstance(no_deadline, errors.Unavailable)
 
-    def test_domain_errors_classify_as_themselves(self) -> None:
-        """A GuestFeedError passes through classify unchanged."""
+    def test_domain_errors_translate_to_themselves(self) -> None:
+        """A GuestFeedError passes through translate unchanged."""
         err = errors.NotFound("no such thing", "NOT_FOUND")
-        assert grpc_errors.classify(err, None) is err
+        assert translate(err, Budget(5)) is err
 
 
 class BrokenPolicy:
@@ -400,20 +401,9 @@ class BrokenPolicy:
 @pytest.fixture
 async def broken_client(admin_dsn: str) -> AsyncIterator[Client]:
     """A server whose rollout policy raises an unexpected exception."""
-    pool = await asyncpg.create_pool(admin_dsn, min_size=1, max_size=2)
-    assert pool is not None
-    app = await server_mod.start(
-        conftest.test_settings(), pool, conftest.KEYS, listen="127.0.0.1:0", rollout=BrokenPolicy()
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    yield Client(
-        channel,
-        feed_pb2_grpc.GuestFeedServiceStub(channel),
-        rollout_pb2_grpc.RolloutServiceStub(channel),
-        app,
-    )
-    await channel.close()
-    await app.stop()
+    c = await start_client(admin_dsn, rollout=BrokenPolicy())
+    yield c
+    await c.stop()
 
 
 class TestBugsBecomeInternal:
@@ -423,7 +413,7 @@ class TestBugsBecomeInternal:
         """A unary bug is INTERNAL 'internal error' to the caller; the traceback goes to the log."""
         user = uuid.uuid4()
         with (
-            caplog.at_level(logging.ERROR, logger="guestfeed_server.grpc_errors"),
+            caplog.at_level(logging.ERROR, logger="guestfeed_server.api.errors"),
             pytest.raises(grpc.aio.AioRpcError) as caught,
         ):
             await broken_client.rollout.GetReadModel(
@@ -527,7 +517,6 @@ class TestDatabaseOutage:
                     raise AssertionError("the service did not recover after the database came back")
                 assert [m.message_id for m in again.messages] == [str(mid)]
             finally:
-                await c.channel.close()
-                await c.app.stop()
+                await c.stop()
                 await root.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
                 await root.close()

@@ -75,6 +75,6 @@ class TestGenProtosCheck:
 
 def test_the_installed_protobuf_runs_on_upb() -> None:
     """The pinned protobuf builds messages in C; the pure-Python fallback is far slower."""
-    from guestfeed_server.server import protobuf_backend
+    from guestfeed_server.api.server import protobuf_backend
 
     assert protobuf_backend() == "upb"

@@ -18,6 +18,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from guestfeed_server.storage.migrate import migrate
+
 from .conftest import Client, scratch_database, start_client
 from .factory import World
 
@@ -53,14 +55,18 @@ async def _wait_for(channel: grpc.aio.Channel, want: int, *, within_s: float = 1
 
 @pytest.fixture
 async def own_db(server_dsn: str) -> AsyncIterator[tuple[str, str]]:
-    """(name, dsn) of an empty database of the test's own; dropped WITH (FORCE) at the end."""
-    async with scratch_database(server_dsn, "guestfeed_health") as db:
-        yield db
+    """(name, dsn) of a migrated database of the test's own; dropped WITH (FORCE) at the end."""
+    async with scratch_database(server_dsn, "guestfeed_health") as (name, dsn):
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield name, dsn
 
 
 async def _stop(c: Client) -> None:
-    await c.channel.close()
-    await asyncio.wait_for(c.app.stop(), 15)
+    await asyncio.wait_for(c.stop(), 15)
 
 
 class TestHealth:
@@ -108,7 +114,7 @@ class TestHealth:
         _, dsn = own_db
         c = await start_client(dsn)
         try:
-            await c.app.health.stop()
+            await c.app.health.enter_shutdown()
             assert [await _status(c.channel, s) for s in ("", FEED, ROLLOUT)] == [NOT_SERVING] * 3
         finally:
             await _stop(c)

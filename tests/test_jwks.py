@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from guestfeed.v1 import feed_pb2, rollout_pb2
+from guestfeed_server.api.server import JWKS_HEALTH_NAME
 from guestfeed_server.auth import JwksKeys
-from guestfeed_server.server import JWKS_HEALTH_NAME
 
 from .conftest import Client, start_client
 from .factory import World
@@ -65,8 +65,7 @@ async def jwks_client(admin_dsn: str, endpoint: JwksServer) -> AsyncIterator[Cli
         **JWKS_ONLY,
     )
     yield c
-    await c.channel.close()
-    await c.app.stop()
+    await c.stop()
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -285,8 +284,7 @@ class TestEndpointFailures:
             await asyncio.sleep(0.3)  # let the one allowed refetch finish
             assert endpoint.hits - before == 1
         finally:
-            await c.channel.close()
-            await c.app.stop()
+            await c.stop()
 
 
 def hs256_by_hand(header: dict[str, Any], claims: dict[str, Any], key: bytes) -> str:

@@ -21,8 +21,8 @@ from opentelemetry.trace import SpanKind
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2
 from guestfeed_server.auth import mint
-from guestfeed_server.bench.procs import spawn_server
 from guestfeed_server.telemetry.logs import JsonFormatter
+from guestfeed_server.testing.procs import spawn_server
 
 from .conftest import SECRET, Client
 from .factory import World

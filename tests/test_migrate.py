@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from guestfeed_server.migrate import (
+from guestfeed_server.storage.migrate import (
     INDEXES,
     PRODUCTION_TABLES,
     REQUIRED_VERSIONS,
@@ -31,7 +31,7 @@ from .conftest import scratch_database
 from .factory import World
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "service" / "guestfeed_server" / "sql" / "production_schema.sql"
+SHIPPED = ROOT / "service" / "guestfeed_server" / "storage" / "sql" / "production_schema.sql"
 REFERENCE = ROOT.parent / "shared" / "reference" / "production_schema.sql"
 GF_INDEXES = {i.name for i in INDEXES}
 

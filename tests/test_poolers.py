@@ -17,14 +17,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.propagation import flip_and_wait, start_replicas
 from guestfeed.v1 import rollout_pb2_grpc
+from guestfeed_server.api.server import ROLLOUT_NOTIFY_HEALTH_NAME
 from guestfeed_server.auth import Role, mint
-from guestfeed_server.bench.propagation import flip_and_wait, start_replicas
-from guestfeed_server.config import PoolMode
-from guestfeed_server.db import create_pool
-from guestfeed_server.migrate import migrate
-from guestfeed_server.server import ROLLOUT_NOTIFY_HEALTH_NAME
+from guestfeed_server.settings import PoolMode
 from guestfeed_server.storage import V2MessagesStore
+from guestfeed_server.storage.database import create_pool
+from guestfeed_server.storage.migrate import migrate
 
 from .conftest import SECRET, Client, scratch_database, start_client
 from .conftest import test_settings as settings_for
@@ -52,8 +52,7 @@ async def pooled(bouncer: Bouncer, admin_dsn: str) -> AsyncIterator[Client]:
     """A server whose database URL is PgBouncer, told its pool mode."""
     c = await start_client(bouncer.dsn(admin_dsn), GUESTFEED_DB_POOL_MODE=bouncer.mode)
     yield c
-    await c.channel.close()
-    await c.app.stop()
+    await c.stop()
 
 
 class TestFeedThroughThePooler:
@@ -118,7 +117,7 @@ class TestPlannerSettings:
                 )
                 configs = await conn.fetch(
                     "SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure($1)",
-                    f"{V2MessagesStore().function_name}(uuid, uuid, timestamptz, uuid, integer)",
+                    f"{V2MessagesStore.function_name()}(uuid, uuid, timestamptz, uuid, integer)",
                 )
         finally:
             await pool.close()
@@ -138,7 +137,7 @@ class TestPlannerSettings:
         event = await world.event()
         user, _ = await world.member(event)
         await world.message(event, "announcement")
-        name = V2MessagesStore().function_name
+        name = V2MessagesStore.function_name()
         signature = f"{name}(uuid, uuid, timestamptz, uuid, integer)"
         await admin_pool.execute(f"ALTER FUNCTION {signature} RENAME TO hidden_page_fn")
         try:

@@ -10,11 +10,11 @@ import asyncpg
 import grpc
 import pytest
 
+from bench.propagation import flip_and_wait, start_replicas
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 from guestfeed_server.auth import Role, mint
-from guestfeed_server.bench.procs import ServerProcess
-from guestfeed_server.bench.propagation import flip_and_wait, start_replicas
-from guestfeed_server.migrate import migrate
+from guestfeed_server.storage.migrate import migrate
+from guestfeed_server.testing.procs import ServerProcess
 
 from .conftest import SECRET, scratch_database
 

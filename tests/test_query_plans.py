@@ -16,10 +16,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from guestfeed_server.migrate import migrate
-from guestfeed_server.model import Cursor
-from guestfeed_server.storage import V1DeliveriesStore, V2MessagesStore
+from guestfeed_server.domain.budget import Budget
+from guestfeed_server.domain.model import Cursor
+from guestfeed_server.storage import Database, V1DeliveriesStore, V2MessagesStore
 from guestfeed_server.storage.base import START
+from guestfeed_server.storage.migrate import migrate
 
 from .conftest import scratch_database
 
@@ -62,6 +63,7 @@ SELECT m.id, md5('g' || (1 + (hashtext(m.id::text) & 127) % 120))::uuid,
 @dataclass
 class Dataset:
     conn: asyncpg.Connection
+    dsn: str
     event_id: uuid.UUID
     viewers: list[uuid.UUID]
 
@@ -88,7 +90,7 @@ async def dataset(server_dsn: str) -> AsyncIterator[Dataset]:
                     event,
                 )
             ]
-            yield Dataset(conn, event, viewers)
+            yield Dataset(conn, dsn, event, viewers)
         finally:
             await conn.close()
 
@@ -106,11 +108,11 @@ async def _plan(conn: asyncpg.Connection, sql: str, *args: object) -> list[tuple
     return list(_scans(json.loads(raw)[0]["Plan"]))
 
 
-STORES = [V1DeliveriesStore(), V2MessagesStore()]
+STORES = [V1DeliveriesStore, V2MessagesStore]
 
 
 class TestPagePlans:
-    @pytest.mark.parametrize("store", STORES, ids=lambda s: s.name)
+    @pytest.mark.parametrize("store", STORES, ids=lambda s: s.__name__)
     @pytest.mark.parametrize("plan_mode", ["force_custom_plan", "force_generic_plan"])
     async def test_first_and_deep_pages_never_scan_big_tables(
         self, dataset: Dataset, store: Any, plan_mode: str
@@ -141,15 +143,20 @@ class TestPagePlans:
                     watched = [(n, r) for n, r in scans if r in WATCHED]
                     assert watched, "the plan reads neither table: the check would be vacuous"
                     seq = [(n, r) for n, r in watched if n == "Seq Scan"]
-                    assert not seq, f"{store.name} {plan_mode}: {seq} in {scans}"
+                    assert not seq, f"{store.__name__} {plan_mode}: {seq} in {scans}"
         finally:
             await conn.execute("RESET plan_cache_mode")
 
     async def test_pages_return_rows_on_this_dataset(self, dataset: Dataset) -> None:
         """The plans above are of queries that really return full pages here."""
-        for store in STORES:
-            viewer, rows = await store.fetch(
-                dataset.conn, dataset.event_id, dataset.viewers[0], None, 51, timeout=10
-            )
-            assert viewer is not None
-            assert len(rows) == 51
+        pool = await asyncpg.create_pool(dataset.dsn, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            for store in STORES:
+                read = await store(Database(pool)).read(
+                    dataset.event_id, dataset.viewers[0], None, 51, Budget(10)
+                )
+                assert read.viewer is not None
+                assert len(read.messages) == 51
+        finally:
+            await pool.close()

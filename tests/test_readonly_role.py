@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from guestfeed.v1 import feed_pb2
-from guestfeed_server.migrate import PRODUCTION_TABLES
+from guestfeed_server.storage.migrate import PRODUCTION_TABLES
 
 from .conftest import Client, start_client
 from .factory import World
@@ -77,8 +77,7 @@ async def ro_client(readonly_role: ReadOnly) -> AsyncIterator[Client]:
     try:
         yield c
     finally:
-        await c.channel.close()
-        await c.app.stop()
+        await c.stop()
 
 
 async def _rich_event(world: World) -> tuple[uuid.UUID, uuid.UUID, dict[str, list[uuid.UUID]]]:
@@ -192,7 +191,7 @@ class TestReadOnlyRole:
         self, ro_client: Client, readonly_role: ReadOnly
     ) -> None:
         """The server's pool runs as the read-only role, and its health probe reports SERVING."""
-        assert await ro_client.app.pool.fetchval("SELECT current_user") == readonly_role.name
+        assert await ro_client.app.db.pool.fetchval("SELECT current_user") == readonly_role.name
         resp = await health_pb2_grpc.HealthStub(ro_client.channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )

@@ -24,13 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guestfeed.v1 import feed_pb2
+from guestfeed_server.api.server import ROLLOUT_HEALTH_NAME
 from guestfeed_server.auth import Principal, Role
-from guestfeed_server.bucketing import bucket
-from guestfeed_server.model import ReadModel
+from guestfeed_server.domain.model import ReadModel
 from guestfeed_server.rollout import Reason, RolloutConfig, decide
 from guestfeed_server.rollout.admin import RolloutAdmin
+from guestfeed_server.rollout.bucketing import bucket
 from guestfeed_server.rollout.live import RolloutState
-from guestfeed_server.server import ROLLOUT_HEALTH_NAME
+from guestfeed_server.storage import Database
 
 from .conftest import Client
 from .factory import World
@@ -767,7 +768,7 @@ class TestRolloutStateApply:
         """RolloutAdmin.update hands the new revision to the replica's state before returning."""
         state = RolloutState(own.dsn, deploy_v2_allowed=True, refresh_s=60)  # never started
         admin_ = RolloutAdmin(
-            own.pool, deploy_v2_allowed=True, query_timeout_s=5, applied=state.apply
+            Database(own.pool), deploy_v2_allowed=True, query_timeout_s=5, applied=state.apply
         )
         new = await admin_.update(
             Principal(ADMIN, Role.SERVICE_ROLE),

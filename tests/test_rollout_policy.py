@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfeed_server.bucketing import bucket
-from guestfeed_server.errors import InvalidArgument
-from guestfeed_server.model import ReadModel
+from guestfeed_server.domain.errors import InvalidArgument
+from guestfeed_server.domain.model import ReadModel
 from guestfeed_server.rollout import (
     HashVersion,
     Reason,
@@ -20,6 +19,7 @@ from guestfeed_server.rollout import (
     StaticPolicy,
     decide,
 )
+from guestfeed_server.rollout.bucketing import bucket
 
 V1, V2 = ReadModel.V1, ReadModel.V2
 EVENT = uuid.UUID("0b7e2d1c-6a1f-4f43-9d52-3f0a9e5c1d20")

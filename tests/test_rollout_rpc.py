@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_server.auth import Role
-from guestfeed_server.bucketing import bucket
+from guestfeed_server.rollout.bucketing import bucket
 
 from .conftest import Client
 from .factory import World

@@ -139,8 +139,7 @@ async def mixed(admin_dsn: str, endpoint: JwksServer) -> AsyncIterator[Client]:
     """A project in the middle of the move: JWKS and the legacy secret, both accepted."""
     c = await start_client(admin_dsn, GUESTFEED_JWKS_URL=endpoint.url, GUESTFEED_JWT_ISSUER=ISSUER)
     yield c
-    await c.channel.close()
-    await c.app.stop()
+    await c.stop()
 
 
 class TestAnonymousSignIns:
@@ -188,8 +187,7 @@ class TestAnonymousSignIns:
                 )
             assert reason_of(caught.value) == "NOT_EVENT_GUEST"
         finally:
-            await c.channel.close()
-            await c.app.stop()
+            await c.stop()
 
 
 class TestMidMigrationProject:

@@ -17,10 +17,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from guestfeed_server.migrate import migrate
+from guestfeed_server.domain.budget import Budget
+from guestfeed_server.storage import Database
+from guestfeed_server.storage.migrate import migrate
+from guestfeed_server.storage.sms import SMS_HEALTH_SQL, sms_snapshot
 from guestfeed_server.telemetry import Telemetry
 from guestfeed_server.telemetry.metrics import GaugeSources
-from guestfeed_server.telemetry.sms import SMS_HEALTH_SQL, SmsHealthJob, snapshot
+from guestfeed_server.telemetry.sms import SmsHealthJob
 
 from .conftest import scratch_database
 
@@ -39,6 +42,15 @@ async def sms_dsn(server_dsn: str) -> AsyncIterator[str]:
         yield dsn
 
 
+@pytest.fixture(scope="module")
+async def sms_db(sms_dsn: str) -> AsyncIterator[Database]:
+    """The service's database handle on the SMS database."""
+    pool = await asyncpg.create_pool(sms_dsn, min_size=1, max_size=2)
+    assert pool is not None
+    yield Database(pool)
+    await pool.close()
+
+
 @pytest.fixture
 async def conn(sms_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the SMS database, its deliveries emptied first."""
@@ -48,6 +60,12 @@ async def conn(sms_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield c
     finally:
         await c.close()
+
+
+def job(pool: asyncpg.Pool, sources: GaugeSources, *, interval_s: float) -> SmsHealthJob:
+    """The service's job, reading through `pool` as through the service's own."""
+    db = Database(pool)
+    return SmsHealthJob(lambda: sms_snapshot(db, Budget(5)), sources, interval_s=interval_s)
 
 
 async def add(conn: asyncpg.Connection, hours_ago: float, status: str, n: int = 1) -> None:
@@ -78,29 +96,33 @@ async def arrange_known(conn: asyncpg.Connection) -> None:
 
 
 class TestSnapshot:
-    async def test_known_rows_give_known_values(self, conn: asyncpg.Connection) -> None:
+    async def test_known_rows_give_known_values(
+        self, conn: asyncpg.Connection, sms_db: Database
+    ) -> None:
         """rows_24h counts the last day; baseline = 7 days before / 7; success = delivered / all."""
         await arrange_known(conn)
-        assert await snapshot(conn, 5.0) == {
+        assert await sms_snapshot(sms_db, Budget(5)) == {
             "rows_24h": 10.0,
             "rows_baseline_7d": sum(BASELINE_DAYS.values()) / 7,
             "success_ratio_24h": 0.6,
         }
 
     async def test_empty_table_is_zero_rows_and_full_success(
-        self, conn: asyncpg.Connection
+        self, conn: asyncpg.Connection, sms_db: Database
     ) -> None:
         """No deliveries at all: 0 rows, baseline 0, success 1.0 (nothing failed)."""
-        assert await snapshot(conn, 5.0) == {
+        assert await sms_snapshot(sms_db, Budget(5)) == {
             "rows_24h": 0.0,
             "rows_baseline_7d": 0.0,
             "success_ratio_24h": 1.0,
         }
 
-    async def test_only_old_rows_still_full_success(self, conn: asyncpg.Connection) -> None:
+    async def test_only_old_rows_still_full_success(
+        self, conn: asyncpg.Connection, sms_db: Database
+    ) -> None:
         """Failures before the last 24 h count toward the baseline, not the success ratio."""
         await add(conn, 30, "failed", 14)
-        assert await snapshot(conn, 5.0) == {
+        assert await sms_snapshot(sms_db, Budget(5)) == {
             "rows_24h": 0.0,
             "rows_baseline_7d": 2.0,
             "success_ratio_24h": 1.0,
@@ -120,7 +142,7 @@ class TestSnapshot:
         )
     )
     async def test_matches_a_python_count(
-        self, conn: asyncpg.Connection, rows: Sequence[tuple[float, str]]
+        self, conn: asyncpg.Connection, sms_db: Database, rows: Sequence[tuple[float, str]]
     ) -> None:
         """Any mix of times and statuses gives what counting the rows in Python gives."""
         await conn.execute("TRUNCATE public.message_deliveries")
@@ -128,7 +150,7 @@ class TestSnapshot:
             await add(conn, hours, status)
         day = [s for h, s in rows if h < 24]
         baseline = [s for h, s in rows if 24 <= h < 192]
-        assert await snapshot(conn, 5.0) == {
+        assert await sms_snapshot(sms_db, Budget(5)) == {
             "rows_24h": float(len(day)),
             "rows_baseline_7d": pytest.approx(len(baseline) / 7),
             "success_ratio_24h": pytest.approx(day.count("delivered") / len(day)) if day else 1.0,
@@ -182,15 +204,15 @@ async def checksum(conn: asyncpg.Connection) -> tuple[int, str]:
 
 class TestSmsHealthJob:
     async def test_run_once_publishes_to_the_gauges(
-        self, conn: asyncpg.Connection, read_only_pool: asyncpg.Pool
+        self, conn: asyncpg.Connection, sms_db: Database, read_only_pool: asyncpg.Pool
     ) -> None:
         """Before a reading the gauges report nothing; after one they report its values."""
         await arrange_known(conn)
         t, reader = telemetry()
-        job = SmsHealthJob(read_only_pool, t.sources, interval_s=60, timeout_s=5)
+        reading = job(read_only_pool, t.sources, interval_s=60)
         assert gauges(reader) == {}
-        values = await job.run_once()
-        assert t.sources.sms == values == await snapshot(conn, 5.0)
+        values = await reading.run_once()
+        assert t.sources.sms == values == await sms_snapshot(sms_db, Budget(5))
         assert gauges(reader) == {
             ("guestfeed.sms.deliveries", (("window", "24h"),)): 10.0,
             ("guestfeed.sms.deliveries", (("window", "baseline_7d"),)): 4.0,
@@ -204,8 +226,8 @@ class TestSmsHealthJob:
         pool = await asyncpg.create_pool(sms_dsn, min_size=1, max_size=1)
         assert pool is not None
         sources = GaugeSources()
-        job = SmsHealthJob(pool, sources, interval_s=0.05, timeout_s=5)
-        job.start()
+        schedule = job(pool, sources, interval_s=0.05)
+        schedule.start()
         try:
 
             async def until(rows: float) -> None:
@@ -228,7 +250,7 @@ class TestSmsHealthJob:
             failures = [r.getMessage() for r in caplog.records if "SMS health" in r.getMessage()]
             assert failures and all(m.startswith("SMS health query failed: ") for m in failures)
         finally:
-            await job.stop()
+            await schedule.stop()
             pool.terminate()
 
     async def test_job_never_writes(
@@ -237,9 +259,9 @@ class TestSmsHealthJob:
         """Readings on read-only sessions succeed and leave every delivery row as it was."""
         await arrange_known(conn)
         before = await checksum(conn)
-        job = SmsHealthJob(read_only_pool, GaugeSources(), interval_s=60, timeout_s=5)
+        reading = job(read_only_pool, GaugeSources(), interval_s=60)
         for _ in range(3):
-            await job.run_once()
+            await reading.run_once()
         assert await checksum(conn) == before
 
 

@@ -352,7 +352,7 @@ class TestCancellationAndAccess:
         assert await call.code() == grpc.StatusCode.CANCELLED
         assert call.done()
 
-        pool = client.app.pool
+        pool = client.app.db.pool
         for _ in range(100):  # the cancelled handler gives its connection back
             if pool.get_idle_size() == pool.get_size():
                 break

@@ -26,13 +26,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
-from guestfeed_server import server as server_mod
+from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2
 from guestfeed_server.auth import Role, mint
-from guestfeed_server.config import ConfigError
-from guestfeed_server.db import create_pool
-from guestfeed_server.migrate import migrate
 from guestfeed_server.rollout import Decision, RolloutPolicy
+from guestfeed_server.settings import ConfigError
+from guestfeed_server.storage.migrate import migrate
 from guestfeed_server.telemetry import Telemetry
 
 from . import conftest
@@ -75,29 +73,17 @@ async def traced_server(
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     telemetry = Telemetry.create(tracing.provider, meter_provider, trace_health=trace_health)
-    cfg = conftest.test_settings(GUESTFEED_DB_POOL_MAX=str(pool_max), **settings)
-    pool = await create_pool(dsn, cfg)  # the production pool, as `guestfeed serve` makes it
-    app = await server_mod.start(
-        cfg,
-        pool,
-        conftest.KEYS,
-        dsn=None if rollout is not None else dsn,
-        listen="127.0.0.1:0",
-        rollout=rollout,
+    client = await conftest.start_client(
+        dsn,
         telemetry=telemetry,
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    client = Client(
-        channel,
-        feed_pb2_grpc.GuestFeedServiceStub(channel),
-        rollout_pb2_grpc.RolloutServiceStub(channel),
-        app,
+        rollout=rollout,
+        GUESTFEED_DB_POOL_MAX=str(pool_max),
+        **settings,
     )
     try:
         yield Traced(client, telemetry, reader)
     finally:
-        await channel.close()
-        await app.stop()
+        await client.stop()
         meter_provider.shutdown()
 
 
@@ -699,8 +685,12 @@ class TestMetrics:
         self, admin_dsn: str, tracing: Tracing, mixed: Feed
     ) -> None:
         """Pool gauges follow the pool: connections lent out, idle ones, and requests queued."""
-        async with traced_server(admin_dsn, tracing, pool_max=2) as t:
-            pool = t.client.app.pool
+        # Health probes borrow through the same gate: slow them down, so only
+        # this test's borrowers and its RPC are counted below.
+        async with traced_server(
+            admin_dsn, tracing, pool_max=2, GUESTFEED_HEALTH_INTERVAL_S="60"
+        ) as t:
+            pool = t.client.app.db.pool
 
             def pool_state() -> tuple[dict[str, int], int]:
                 conns = {
@@ -710,6 +700,12 @@ class TestMetrics:
                 (waiting,) = [p.value for _, p in points(t.reader, "guestfeed.db.pool.waiting")]
                 return conns, waiting
 
+            # Health and the SMS job borrow through the same fair gate: let the
+            # start-up readings finish first.
+            deadline = time.monotonic() + 5
+            while (state := pool_state())[1] != 0 or state[0].get("in_use"):
+                assert time.monotonic() < deadline, f"background borrowers never finished: {state}"
+                await asyncio.sleep(0.02)
             conns, waiting = pool_state()
             assert set(conns) == {"in_use", "idle"} and waiting == 0
             assert conns["in_use"] == pool.get_size() - pool.get_idle_size()
@@ -782,16 +778,10 @@ class TestPrometheus:
         telemetry = Telemetry.from_env(
             {"GUESTFEED_PROMETHEUS_PORT": str(port), "OTEL_SERVICE_NAME": "guestfeed-prom-test"}
         )
-        pool = await asyncpg.create_pool(admin_dsn, min_size=1, max_size=4)
-        assert pool is not None
-        app = await server_mod.start(
-            conftest.test_settings(GUESTFEED_SMS_HEALTH_INTERVAL_S="0.2"),
-            pool,
-            conftest.KEYS,
-            dsn=admin_dsn,
-            listen="127.0.0.1:0",
-            telemetry=telemetry,
+        c = await conftest.start_client(
+            admin_dsn, telemetry=telemetry, GUESTFEED_SMS_HEALTH_INTERVAL_S="0.2"
         )
+        app = c.app
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
                 await feed_pb2_grpc.GuestFeedServiceStub(channel).ListMessages(
@@ -808,7 +798,7 @@ class TestPrometheus:
                 assert time.monotonic() < deadline, "the SMS gauges never appeared"
                 await asyncio.sleep(0.1)
         finally:
-            await app.stop()
+            await c.stop()
             telemetry.shutdown()
         exposed = set(re.findall(r"^([A-Za-z_:][A-Za-z0-9_:]*)", text, flags=re.MULTILINE))
         assert "rpc_server_duration_milliseconds_count" in exposed

@@ -16,8 +16,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
-from guestfeed_server.bench.procs import ServerProcess, spawn_server
-from guestfeed_server.migrate import migrate
+from guestfeed_server.storage.migrate import migrate
+from guestfeed_server.testing.procs import ServerProcess, spawn_server
 
 from .conftest import SECRET, Client, scratch_database
 from .factory import World

@@ -49,8 +49,7 @@ async def client(
         try:
             yield pooled
         finally:
-            await pooled.channel.close()
-            await pooled.app.stop()
+            await pooled.stop()
 
 
 def as_expected(m: feed_pb2.GuestMessage) -> Expected:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import Unauthenticated
+from ..domain.errors import Unauthenticated
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 
-from ..errors import PermissionDenied
+from ..domain.errors import PermissionDenied
 
 
 class Role(enum.Enum):

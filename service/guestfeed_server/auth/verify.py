@@ -22,7 +22,7 @@ from typing import Any
 
 import jwt
 
-from ..errors import PermissionDenied, Unauthenticated
+from ..domain.errors import PermissionDenied, Unauthenticated
 from .keys import KeyResolver
 from .principal import Principal, Role
 

@@ -7,8 +7,9 @@ import struct
 from collections.abc import Callable
 
 from ..auth import Principal
-from ..db import TrackedPool
-from ..errors import FieldViolation, InvalidArgument, PermissionDenied
+from ..domain.budget import Budget
+from ..domain.errors import FieldViolation, InvalidArgument, PermissionDenied
+from ..storage import Database
 from . import store
 from .config import HashVersion, RolloutConfig
 from .preview import Impact, preview
@@ -34,13 +35,13 @@ class RolloutAdmin:
 
     def __init__(
         self,
-        pool: TrackedPool,
+        db: Database,
         *,
         deploy_v2_allowed: bool,
         query_timeout_s: float,
         applied: Callable[[RolloutConfig], object] | None = None,
     ) -> None:
-        self._pool = pool
+        self._db = db
         self._deploy = deploy_v2_allowed
         self._timeout = query_timeout_s
         self._applied = applied
@@ -48,7 +49,7 @@ class RolloutAdmin:
     async def get(self, who: Principal) -> RolloutConfig:
         """The stored configuration."""
         require_service(who, "GetRolloutConfig")
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+        async with self._db.acquire(Budget(self._timeout)) as conn:
             return await store.load(conn, timeout=self._timeout)
 
     async def update(
@@ -62,7 +63,7 @@ class RolloutAdmin:
     ) -> RolloutConfig:
         """Replaces the config if `expected_revision` is current (else Aborted)."""
         require_service(who, "UpdateRolloutConfig")
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+        async with self._db.acquire(Budget(self._timeout)) as conn:
             if hash_version is None:
                 hash_version = (await store.load(conn, timeout=self._timeout)).hash_version
             new = await store.update(
@@ -83,7 +84,7 @@ class RolloutAdmin:
         """A page of the audit log, newest first, and the next page's token."""
         require_service(who, "ListRolloutChanges")
         below = _decode(page_token) if page_token else None
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+        async with self._db.acquire(Budget(self._timeout)) as conn:
             rows = await store.changes(
                 conn, below_revision=below, limit=page_size + 1, timeout=self._timeout
             )
@@ -101,7 +102,7 @@ class RolloutAdmin:
     ) -> Impact:
         """The impact of a proposal against the stored config; writes nothing."""
         require_service(who, "PreviewRolloutChange")
-        async with self._pool.acquire(timeout=self._timeout) as conn:
+        async with self._db.acquire(Budget(self._timeout)) as conn:
             current = await store.load(conn, timeout=self._timeout)
             return await preview(
                 conn,

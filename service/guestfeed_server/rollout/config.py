@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from ..errors import FieldViolation, InvalidArgument
-from ..model import ReadModel
+from ..domain.errors import FieldViolation, InvalidArgument
+from ..domain.model import ReadModel
 
 
 class HashVersion(enum.Enum):

@@ -18,8 +18,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..bucketing import bucket
-from ..model import ReadModel
+from ..domain.model import ReadModel
+from .bucketing import bucket
 from .config import HashVersion, Reason, RolloutConfig
 
 

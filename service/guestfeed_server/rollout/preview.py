@@ -6,8 +6,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from ..model import ReadModel
-from ..pgtypes import Conn
+from ..domain.model import ReadModel
+from ..storage.pgtypes import Conn
 from .config import RolloutConfig
 from .policy import decide
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from ..errors import Aborted
-from ..model import ReadModel
-from ..pgtypes import Conn
+from ..domain.errors import Aborted
+from ..domain.model import ReadModel
+from ..storage.pgtypes import Conn
 from .config import HashVersion, RolloutConfig
 
 # Every replica LISTENs here; the payload is the new revision.

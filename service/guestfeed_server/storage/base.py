@@ -6,12 +6,14 @@ import hashlib
 import itertools
 import uuid
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import asyncpg
 
-from ..model import Cursor, FeedMessage, MessageType, ReadModel, Viewer
-from ..pgtypes import Conn
+from ..domain.budget import Budget
+from ..domain.model import Cursor, FeedMessage, MessageType, ReadModel, Viewer
+from ..settings import PoolMode
+from .database import Database
 
 # The first page starts below every real row. A fixed sentinel (rather than a
 # NULL cursor and `$3 IS NULL OR ...`) keeps one statement whose keyset
@@ -81,11 +83,20 @@ def rows_and_result(delivery_match: str) -> str:
 {RESULT_SQL}"""
 
 
+class PageRead(NamedTuple):
+    """What one read returns: the caller as a guest (None: not an active one) and the page."""
+
+    viewer: Viewer | None
+    messages: list[FeedMessage]
+
+
 class FeedStore(Protocol):
-    """Reads one page of a guest's feed.
+    """Reads one page of a guest's feed, checking access in the same statement.
 
     Implementations return at most `limit` messages strictly below `cursor`
-    in (created_at, message_id) descending order, each message once.
+    (None: from the newest) in (created_at, message_id) descending order,
+    each message once, and the viewer they were read for; a user who is not
+    an active guest of the event gets no viewer and no messages.
     """
 
     read_model: ReadModel
@@ -95,32 +106,15 @@ class FeedStore(Protocol):
         """Short name for logs and span attributes."""
         ...
 
-    async def fetch(
+    async def read(
         self,
-        conn: Conn,
         event_id: uuid.UUID,
         user_id: uuid.UUID,
         cursor: Cursor | None,
         limit: int,
-        *,
-        timeout: float,
-    ) -> tuple[Viewer | None, list[FeedMessage]]:
-        """Checks access and reads the page in one statement.
-
-        Returns (None, []) when the user is not an active guest of the event.
-        """
-        ...
-
-    async def page(
-        self,
-        conn: Conn,
-        viewer: Viewer,
-        cursor: Cursor | None,
-        limit: int,
-        *,
-        timeout: float,
-    ) -> list[FeedMessage]:
-        """The page of a known viewer's feed below `cursor` (None: the newest)."""
+        budget: Budget,
+    ) -> PageRead:
+        """One page and its viewer, within the budget."""
         ...
 
 
@@ -143,24 +137,28 @@ class SqlFeedStore:
     read_model: ReadModel
     sql: str
 
-    def __init__(self, *, server_side: bool = False) -> None:
-        # server_side: read through `function_name` (transaction-mode poolers).
-        self._statement = self.call_sql if server_side else self.sql
+    def __init__(self, db: Database, *, server_side: bool | None = None) -> None:
+        self._db = db
+        # Behind a transaction pooler pages go through `function_name`.
+        if server_side is None:
+            server_side = db.mode is PoolMode.TRANSACTION
+        self._statement = self.call_sql() if server_side else self.sql
 
-    @property
-    def function_name(self) -> str:
+    @classmethod
+    def function_name(cls) -> str:
         """The schema-qualified function that runs this store's page statement."""
-        digest = hashlib.blake2b(self.sql.encode(), digest_size=4).hexdigest()
-        return f"guestfeed.feed_page_{self.read_model.value}_{digest}"
+        digest = hashlib.blake2b(cls.sql.encode(), digest_size=4).hexdigest()
+        return f"guestfeed.feed_page_{cls.read_model.value}_{digest}"
 
-    @property
-    def call_sql(self) -> str:
+    @classmethod
+    def call_sql(cls) -> str:
         """The statement that reads a page through the function."""
-        return f"SELECT * FROM {self.function_name}($1, $2, $3, $4, $5)"
+        return f"SELECT * FROM {cls.function_name()}($1, $2, $3, $4, $5)"
 
-    def function_ddl(self) -> str:
+    @classmethod
+    def function_ddl(cls) -> str:
         """CREATE OR REPLACE FUNCTION for `function_name` (run by `guestfeed migrate`)."""
-        return f"""CREATE OR REPLACE FUNCTION {self.function_name}(
+        return f"""CREATE OR REPLACE FUNCTION {cls.function_name()}(
     uuid, uuid, timestamptz, uuid, integer)
 RETURNS TABLE ({_RESULT_COLUMNS})
 LANGUAGE plpgsql STABLE SECURITY INVOKER
@@ -169,7 +167,7 @@ SET max_parallel_workers_per_gather = 0
 AS $page$
 #variable_conflict use_column
 BEGIN
-RETURN QUERY {self.sql};
+RETURN QUERY {cls.sql};
 END
 $page$"""
 
@@ -182,27 +180,32 @@ $page$"""
         """Whether a delivery to the caller put this row in the feed."""
         raise NotImplementedError
 
-    async def fetch(
+    async def read(
         self,
-        conn: Conn,
         event_id: uuid.UUID,
         user_id: uuid.UUID,
         cursor: Cursor | None,
         limit: int,
-        *,
-        timeout: float,
-    ) -> tuple[Viewer | None, list[FeedMessage]]:
-        """See `FeedStore.fetch`."""
+        budget: Budget,
+    ) -> PageRead:
+        """See `FeedStore.read`."""
         at = cursor or START
-        # One statement text for every page and caller: asyncpg prepares it
-        # once per connection and keeps it in its statement cache, so a page
-        # costs one Bind/Execute round trip, and PostgreSQL settles on the
-        # generic plan the statement is written for (see START).
-        rows = await conn.fetch(
-            self._statement, event_id, user_id, at.created_at, at.message_id, limit, timeout=timeout
-        )
+        async with self._db.acquire(budget) as conn:
+            # One statement text for every page and caller: asyncpg prepares
+            # it once per connection and keeps it in its statement cache, so
+            # a page costs one Bind/Execute round trip, and PostgreSQL settles
+            # on the generic plan the statement is written for (see START).
+            rows = await conn.fetch(
+                self._statement,
+                event_id,
+                user_id,
+                at.created_at,
+                at.message_id,
+                limit,
+                timeout=budget.seconds(),
+            )
         if not rows:
-            return None, []
+            return PageRead(None, [])
         head = rows[0]
         viewer = Viewer(
             user_id=user_id,
@@ -215,22 +218,7 @@ $page$"""
             to_message(r, viewer, delivery_backed=self.delivery_backed(r))
             for r in itertools.islice(rows, 1, None)
         ]
-        return viewer, messages
-
-    async def page(
-        self,
-        conn: Conn,
-        viewer: Viewer,
-        cursor: Cursor | None,
-        limit: int,
-        *,
-        timeout: float,
-    ) -> list[FeedMessage]:
-        """See `FeedStore.page`."""
-        _, messages = await self.fetch(
-            conn, viewer.event_id, viewer.user_id, cursor, limit, timeout=timeout
-        )
-        return messages
+        return PageRead(viewer, messages)
 
 
 # A dict lookup: calling the Enum class per row is measurably slower.

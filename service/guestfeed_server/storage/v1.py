@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from ..model import ReadModel
+from ..domain.model import ReadModel
 from .base import VIEWER_CTE, SqlFeedStore, rows_and_result
 
 # Each branch walks an index newest-first and stops at its LIMIT, then the

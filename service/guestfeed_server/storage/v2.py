@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from ..model import MessageType, ReadModel
+from ..domain.model import MessageType, ReadModel
 from .base import VIEWER_CTE, SqlFeedStore, rows_and_result
 
 # Same shape as v1: every branch is an index walk newest-first with its own

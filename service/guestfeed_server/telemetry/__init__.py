@@ -1,12 +1,10 @@
 """OpenTelemetry for guestfeed: traces, metrics, structured logs.
 
-`Telemetry.from_env()` reads the standard variables:
-  OTEL_TRACES_EXPORTER   otlp | console | none (default none)
-  OTEL_METRICS_EXPORTER  otlp | console | none (default none)
-  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-  OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (read by the SDK itself)
-plus GUESTFEED_PROMETHEUS_PORT (a scrape endpoint; unset = off) and
-GUESTFEED_TRACE_HEALTH (trace health/reflection calls too; default false).
+`Telemetry.from_settings()` builds what `TelemetrySettings` (read in
+settings.py) asks for: exporters named by OTEL_TRACES_EXPORTER and
+OTEL_METRICS_EXPORTER, a Prometheus endpoint, whether health is traced. The
+exporters' own variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_RESOURCE_ATTRIBUTES,
+OTEL_TRACES_SAMPLER, ...) are read by the SDK itself.
 
 Tests build a `Telemetry` on their own providers (in-memory exporter and
 reader) instead: nothing here touches the global providers unless asked.
@@ -16,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
@@ -33,7 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from ..config import ConfigError
+from ..settings import TelemetrySettings
 from .metrics import GaugeSources, Metrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +49,8 @@ class Telemetry:
     sources: GaugeSources
     metrics: Metrics
     trace_health: bool = False
+    # The Prometheus scrape endpoint's HTTP server, when one was started.
+    scrape_server: Any = None
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -77,20 +77,24 @@ class Telemetry:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Telemetry:
-        """Providers and exporters as the OTEL_* variables say.
+        """Providers and exporters as the OTEL_* and GUESTFEED_* variables say.
 
         Raises:
             ConfigError: an exporter name or port is not understood.
         """
-        env = os.environ if env is None else env
-        resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "guestfeed")})
-        trace_exporters = _exporters(env, "OTEL_TRACES_EXPORTER")
+        return cls.from_settings(TelemetrySettings.from_env(env))
+
+    @classmethod
+    def from_settings(cls, settings: TelemetrySettings) -> Telemetry:
+        """Providers and exporters as the settings say (a Prometheus endpoint is
+        started here and stopped by `shutdown`)."""
+        resource = Resource.create({"service.name": settings.service_name})
         # With nowhere to send spans, record none (ALWAYS_OFF): span and trace
         # ids still flow from callers into the logs, at almost no cost per RPC.
         tracer_provider = TracerProvider(
-            resource=resource, sampler=None if trace_exporters else ALWAYS_OFF
+            resource=resource, sampler=None if settings.traces else ALWAYS_OFF
         )
-        for name in trace_exporters:
+        for name in settings.traces:
             if name == "console":
                 tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
             else:
@@ -100,7 +104,7 @@ class Telemetry:
 
                 tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         readers: list[MetricReader] = []
-        for name in _exporters(env, "OTEL_METRICS_EXPORTER"):
+        for name in settings.metrics:
             if name == "console":
                 readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
             else:
@@ -109,27 +113,31 @@ class Telemetry:
                 )
 
                 readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        port = _prometheus_port(env)
-        if port is not None:
+        scrape: Any = None
+        if settings.prometheus_port is not None:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import start_http_server
 
             readers.append(PrometheusMetricReader())
-            start_http_server(port, addr=env.get("GUESTFEED_PROMETHEUS_ADDR", "127.0.0.1"))
-            log.info("prometheus metrics on :%d/metrics", port)
+            scrape, _ = start_http_server(settings.prometheus_port, addr=settings.prometheus_addr)
+            log.info("prometheus metrics on :%d/metrics", settings.prometheus_port)
         meter_provider: otel_metrics.MeterProvider = (
             MeterProvider(resource=resource, metric_readers=readers)
             if readers
             else otel_metrics.NoOpMeterProvider()
         )
-        trace_health = env.get("GUESTFEED_TRACE_HEALTH", "").lower() in ("1", "true", "yes")
-        telemetry = cls.create(tracer_provider, meter_provider, trace_health=trace_health)
-        if trace_exporters:
+        telemetry = cls.create(tracer_provider, meter_provider, trace_health=settings.trace_health)
+        telemetry.scrape_server = scrape
+        if settings.traces:
             instrument_asyncpg(tracer_provider)
         return telemetry
 
     def shutdown(self) -> None:
-        """Flushes and stops exporters (last step of shutdown)."""
+        """Stops the scrape endpoint, then flushes and stops exporters (last step of shutdown)."""
+        if self.scrape_server is not None:
+            self.scrape_server.shutdown()
+            self.scrape_server.server_close()
+            self.scrape_server = None
         for provider in (self.tracer_provider, self.meter_provider):
             stop = getattr(provider, "shutdown", None)
             if stop is not None:
@@ -158,25 +166,3 @@ def instrument_asyncpg(tracer_provider: trace.TracerProvider) -> None:
     instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
     instrumentor.instrument(tracer_provider=tracer_provider)
     _asyncpg_instrumented = True
-
-
-def _exporters(env: Mapping[str, str], name: str) -> list[str]:
-    raw = env.get(name, "none").strip().lower()
-    names = [n.strip() for n in raw.split(",") if n.strip() and n.strip() != "none"]
-    for n in names:
-        if n not in ("otlp", "console"):
-            raise ConfigError(f"{name} must be otlp, console or none, got {n!r}")
-    return names
-
-
-def _prometheus_port(env: Mapping[str, str]) -> int | None:
-    raw = env.get("GUESTFEED_PROMETHEUS_PORT", "")
-    if not raw:
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ConfigError(f"GUESTFEED_PROMETHEUS_PORT must be a port number, got {raw!r}") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"GUESTFEED_PROMETHEUS_PORT must be 1-65535, got {port}")
-    return port

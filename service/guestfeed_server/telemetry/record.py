@@ -9,12 +9,13 @@ attributes and the metrics from it, so those three always agree.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
-from ..model import FeedPage
+from ..domain.model import FeedMessage
 
 
 @dataclass
@@ -64,17 +65,24 @@ def source_of(delivery_backed: bool) -> str:
     return "delivery" if delivery_backed else "message"
 
 
-def note_page(page: FeedPage, *, event_id: str, page_size: int, model_choice: str) -> None:
-    """Adds a served page to the record and, for streams, an event on the span."""
+def note_page(
+    messages: Sequence[FeedMessage],
+    *,
+    read_model: str,
+    model_choice: str,
+    event_id: str,
+    page_size: int,
+) -> None:
+    """Adds a served page to the record and an event on the RPC's span."""
     record = _current.get()
-    kinds = Counter((m.message_type.value, source_of(m.is_delivery_backed)) for m in page.messages)
+    kinds = Counter((m.message_type.value, source_of(m.is_delivery_backed)) for m in messages)
     if record is not None:
-        record.read_model = page.read_model.value
+        record.read_model = read_model
         record.model_choice = model_choice
         record.event_id = event_id
         record.page_size = page_size
         record.pages += 1
-        record.messages += len(page.messages)
+        record.messages += len(messages)
         record.by_kind.update(kinds)
     span = trace.get_current_span()
     if span.is_recording():
@@ -83,7 +91,7 @@ def note_page(page: FeedPage, *, event_id: str, page_size: int, model_choice: st
         for (mtype, source), n in kinds.items():
             types[mtype] += n
             sources[source] += n
-        attrs: dict[str, str | int] = {"guestfeed.page.messages": len(page.messages)}
+        attrs: dict[str, str | int] = {"guestfeed.page.messages": len(messages)}
         attrs.update({f"guestfeed.page.type.{k}": v for k, v in types.items()})
         attrs.update({f"guestfeed.page.source.{k}": v for k, v in sources.items()})
         span.add_event("guestfeed.page", attrs)

@@ -1,0 +1,82 @@
+"""The gRPC edge: the server, its interceptors, services, health and reflection.
+
+`build_server` wires what the composition root (`app.py`) made into one
+grpc.aio server; it owns nothing and starts nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf.internal import api_implementation
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+
+from ..auth import Authenticator
+from ..feed import FeedReader
+from ..rollout import RolloutPolicy
+from ..rollout.admin import RolloutAdmin
+from ..telemetry import Telemetry
+from .errors import ErrorMappingInterceptor
+from .feed import GuestFeedServicer
+from .rollout import RolloutServicer
+from .telemetry import TelemetryInterceptor
+
+log = logging.getLogger(__name__)
+
+# A health entry of its own: SERVING once the stored rollout config was read.
+ROLLOUT_HEALTH_NAME = "guestfeed.rollout.config"
+# SERVING while rollout changes arrive by NOTIFY; NOT_SERVING when they
+# arrive by the periodic re-read only (a transaction pooler, no direct URL).
+ROLLOUT_NOTIFY_HEALTH_NAME = "guestfeed.rollout.notify"
+# SERVING while the last JWKS fetch succeeded (only with GUESTFEED_JWKS_URL).
+JWKS_HEALTH_NAME = "guestfeed.auth.jwks"
+
+SERVICE_NAMES = (
+    feed_pb2.DESCRIPTOR.services_by_name["GuestFeedService"].full_name,
+    rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
+)
+
+
+def protobuf_backend() -> str:
+    """Which protobuf implementation runs: "upb" (C, the default), "cpp" or "python"."""
+    return str(api_implementation.Type())
+
+
+def build_server(
+    *,
+    auth: Authenticator,
+    reader: FeedReader,
+    policy: RolloutPolicy,
+    admin: RolloutAdmin,
+    health: health_aio.HealthServicer,
+    telemetry: Telemetry,
+) -> grpc.aio.Server:
+    """The server with every service registered; not yet bound or started."""
+    if protobuf_backend() != "upb":
+        # Building a page's messages is the costliest Python step of an RPC;
+        # the pure-Python backend (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python)
+        # is many times slower than upb, the default of the pinned protobuf.
+        log.warning("protobuf's %r backend is in use: pages build slowly", protobuf_backend())
+    # The telemetry interceptor is outermost, so it sees the final status.
+    server = grpc.aio.server(
+        interceptors=[
+            TelemetryInterceptor(
+                telemetry.tracer, telemetry.metrics, trace_health=telemetry.trace_health
+            ),
+            ErrorMappingInterceptor(),
+        ]
+    )
+    feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(GuestFeedServicer(auth, reader), server)
+    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
+        RolloutServicer(auth, policy, admin), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
+    )
+    return server

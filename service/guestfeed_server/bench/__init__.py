@@ -1,1 +1,0 @@
-"""Benchmarks (`guestfeed bench ...`) and the process helpers they share with tests."""

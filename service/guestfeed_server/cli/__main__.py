@@ -1,0 +1,7 @@
+"""`python -m guestfeed_server.cli`: the `guestfeed` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

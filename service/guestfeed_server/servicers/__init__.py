@@ -1,1 +1,0 @@
-"""Thin gRPC servicers: validate, authenticate/authorize, call the domain, map."""
