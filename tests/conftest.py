@@ -37,7 +37,7 @@ from .factory import World
 from .tracing import Tracing, shared_tracing
 
 # Fixtures of their own modules, usable by every test.
-pytest_plugins = ("tests.rollout_helpers", "tests.cli_helpers")
+pytest_plugins = ("tests.rollout_helpers", "tests.cli_helpers", "tests.telemetry_helpers")
 
 SECRET = "test-secret-" + "x" * 40
 

@@ -67,6 +67,20 @@ class World:
     messages: dict[uuid.UUID, Message] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
     _clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Ordered ids: each new id is greater than the last (a counter in the high
+    # bits, this World's random salt in the low ones). Property tests use them:
+    # rows that tie on created_at are then ordered by the drawn data, not by
+    # chance, so a replayed example orders exactly as the first run did, and a
+    # real failure is never reported as "flaky".
+    ordered_ids: bool = False
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _salt: int = field(default_factory=lambda: uuid.uuid4().int & ((1 << 64) - 1))
+
+    def new_id(self) -> uuid.UUID:
+        """A fresh id: random, or increasing when `ordered_ids` is set."""
+        if self.ordered_ids:
+            return uuid.UUID(int=(next(self._ids) << 64) | self._salt)
+        return uuid.uuid4()
 
     def tick(self) -> datetime:
         """A fresh, strictly later timestamp."""
@@ -75,7 +89,7 @@ class World:
     async def user(
         self, full_name: str | None = "Some User", avatar_url: str | None = None
     ) -> uuid.UUID:
-        uid = uuid.uuid4()
+        uid = self.new_id()
         await self.pool.execute(
             "INSERT INTO public.users (id, full_name, avatar_url) VALUES ($1, $2, $3)",
             uid,
@@ -87,7 +101,7 @@ class World:
 
     async def event(self, host: uuid.UUID | None = None) -> uuid.UUID:
         host = host or await self.user("Host Person")
-        eid = uuid.uuid4()
+        eid = self.new_id()
         await self.pool.execute(
             "INSERT INTO public.events (id, title, host_user_id) VALUES ($1, 'Test event', $2)",
             eid,
@@ -105,7 +119,7 @@ class World:
         role: str = "guest",
         removed: bool = False,
     ) -> uuid.UUID:
-        gid = uuid.uuid4()
+        gid = self.new_id()
         await self.pool.execute(
             "INSERT INTO public.event_guests "
             "(id, event_id, user_id, guest_name, guest_tags, role, removed_at) "
@@ -138,7 +152,7 @@ class World:
                 g.removed = True
 
     async def schedule(self, event_id: uuid.UUID, tags: Sequence[str] | None) -> uuid.UUID:
-        sid = uuid.uuid4()
+        sid = self.new_id()
         await self.pool.execute(
             "INSERT INTO public.scheduled_messages "
             "(id, event_id, content, message_type, target_guest_tags, send_at) "
@@ -161,7 +175,7 @@ class World:
         content: str | None = None,
         id: uuid.UUID | None = None,
     ) -> uuid.UUID:
-        mid = id or uuid.uuid4()
+        mid = id or self.new_id()
         at = created_at or self.tick()
         text = content or f"{type} message {mid.hex[:6]}"
         await self.pool.execute(
@@ -195,7 +209,7 @@ class World:
         status: str = "delivered",
         created_at: datetime | None = None,
     ) -> uuid.UUID:
-        did = uuid.uuid4()
+        did = self.new_id()
         at = created_at or self.tick()
         await self.pool.execute(
             "INSERT INTO public.message_deliveries "

@@ -171,3 +171,15 @@ async def own(own_db: tuple[str, str]) -> AsyncIterator[Own]:
             yield Own(name, dsn, pool, c)
     finally:
         await pool.close()
+
+
+async def decision_of(c: Client, event: uuid.UUID, user: uuid.UUID) -> tuple[int, int, int]:
+    return decision(await read_model(c, event, user))
+
+
+async def preview(
+    c: Client, config: R.RolloutConfig, max_events: int = 0
+) -> R.PreviewRolloutChangeResponse:
+    return await c.rollout.PreviewRolloutChange(
+        R.PreviewRolloutChangeRequest(config=config, max_events=max_events), metadata=admin()
+    )

@@ -28,7 +28,7 @@ from guestfeed_server.telemetry import Telemetry
 from .conftest import Client
 from .factory import BASE, World
 from .oracle import feed
-from .test_telemetry import points, traced_server
+from .telemetry_helpers import points, traced_server
 from .tracing import shared_tracing
 
 

@@ -26,7 +26,7 @@ from guestfeed_server.testing.procs import spawn_server
 
 from .conftest import SECRET, Client
 from .factory import World
-from .test_telemetry import (
+from .telemetry_helpers import (
     MODEL_NAMES,
     TYPE_NAMES,
     RaisingPolicy,

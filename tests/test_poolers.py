@@ -28,11 +28,11 @@ from guestfeed_server.storage.migrate import migrate
 
 from .conftest import SECRET, Client, scratch_database, start_client
 from .conftest import test_settings as settings_for
+from .contract.visibility import as_expected, stream_all
 from .factory import World
 from .helpers import read_all
 from .oracle import feed
 from .pgbouncer import Bouncer, needs_pgbouncer, running_pgbouncer
-from .test_visibility import as_expected, stream_all
 
 pytestmark = needs_pgbouncer
 MODES = ["session", "transaction"]

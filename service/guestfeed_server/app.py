@@ -18,8 +18,6 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from grpc_health.v1 import _async as health_aio
-
 from .api.health import DatabaseHealth
 from .api.server import (
     JWKS_HEALTH_NAME,
@@ -118,8 +116,7 @@ async def running(
             rollout = state
         sampler, reader, admin = _use_cases(db, rollout, state, keys, telemetry, settings)
         stack.push_async_callback(sampler.stop)
-        health_servicer = health_aio.HealthServicer()
-        health = _health(health_servicer, db, state, jwks, settings)
+        health = _health(db, state, jwks, settings)
         with untraced():
             await health.probe()
         health.start()
@@ -142,12 +139,17 @@ async def running(
             reader=reader,
             policy=rollout,
             admin=admin,
-            health=health_servicer,
+            health=health,
             telemetry=telemetry,
         )
-        port = server.add_insecure_port(settings.listen)
+        try:
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError:
+            port = 0  # grpcio raises where older releases returned 0
         if port == 0:
-            raise StartupError(f"GUESTFEED_LISTEN: cannot listen on {settings.listen}")
+            raise StartupError(
+                f"GUESTFEED_LISTEN: cannot listen on {settings.listen} (in use, or not this host's)"
+            )
         await server.start()
         stack.push_async_callback(server.stop, settings.shutdown_grace_s)
         # Pushed last, so on the way out it runs first: load balancers see
@@ -264,7 +266,6 @@ def _use_cases(
 
 
 def _health(
-    servicer: health_aio.HealthServicer,
     db: Database,
     state: RolloutState | None,
     jwks: JwksKeys | None,
@@ -280,7 +281,6 @@ def _health(
         components[JWKS_HEALTH_NAME] = lambda: keys.healthy
     budget = Budget(min(settings.query_timeout_s, 2.0))
     return DatabaseHealth(
-        servicer,
         lambda: db.ping(budget),
         SERVICE_NAMES,
         interval_s=settings.health_interval_s,

@@ -117,6 +117,8 @@ class Settings:
     # CREATE INDEX CONCURRENTLY) when the main URL goes through a pooler.
     direct_database_url: str | None = None
     telemetry: TelemetrySettings = TelemetrySettings()
+    # The admin CLI's credential (GUESTFEED_SERVICE_TOKEN): the service_role key.
+    service_token: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -204,6 +206,7 @@ class Settings:
             pool_mode=pool_mode,
             direct_database_url=_postgres_url(env, "GUESTFEED_DIRECT_DATABASE_URL"),
             telemetry=TelemetrySettings.from_env(env),
+            service_token=(env.get("GUESTFEED_SERVICE_TOKEN") or "").strip() or None,
         )
 
 

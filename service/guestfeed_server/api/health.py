@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
-from ..background import start_background, stop_background
+from ..telemetry.background import start_background, stop_background
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ class DatabaseHealth:
 
     def __init__(
         self,
-        servicer: health_aio.HealthServicer,
         ping: Callable[[], Awaitable[None]],
         services: Sequence[str],
         *,
@@ -36,7 +35,7 @@ class DatabaseHealth:
         timeout_s: float,
         components: Mapping[str, Callable[[], bool]] | None = None,
     ) -> None:
-        self.servicer = servicer
+        self.servicer = health_aio.HealthServicer()
         self._ping = ping
         # "" is the whole server, as grpc.health.v1 defines it.
         self._services = ("", *services)

@@ -10,7 +10,6 @@ import logging
 
 import grpc
 from google.protobuf.internal import api_implementation
-from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,6 +22,7 @@ from ..rollout.admin import RolloutAdmin
 from ..telemetry import Telemetry
 from .errors import ErrorMappingInterceptor
 from .feed import GuestFeedServicer
+from .health import DatabaseHealth
 from .rollout import RolloutServicer
 from .telemetry import TelemetryInterceptor
 
@@ -53,7 +53,7 @@ def build_server(
     reader: FeedReader,
     policy: RolloutPolicy,
     admin: RolloutAdmin,
-    health: health_aio.HealthServicer,
+    health: DatabaseHealth,
     telemetry: Telemetry,
 ) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
@@ -75,7 +75,7 @@ def build_server(
     rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
         RolloutServicer(auth, policy, admin), server
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
     )

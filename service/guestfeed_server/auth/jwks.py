@@ -27,7 +27,7 @@ from typing import Any
 
 import jwt
 
-from ..background import start_background, stop_background
+from ..telemetry.background import start_background, stop_background
 from .keys import VerificationKey
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 import uuid
 
@@ -132,7 +131,7 @@ def _override_arg(text: str) -> tuple[str, str]:
 def run(settings: Settings, ns: argparse.Namespace) -> int:
     """Runs a `guestfeed rollout` subcommand against `--target`."""
     target = ns.target or default_target(settings.listen)
-    token = ns.token or os.environ.get("GUESTFEED_SERVICE_TOKEN") or ""
+    token = ns.token or settings.service_token or ""
     if not token:
         token = mint(
             _secret(settings),

@@ -15,10 +15,10 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..background import start_background, stop_background
 from ..domain.budget import Budget
 from ..domain.model import Cursor, FeedMessage, ReadModel, Viewer
 from ..storage import FeedStore
+from ..telemetry.background import start_background, stop_background
 from ..telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)

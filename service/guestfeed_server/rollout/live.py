@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ..background import start_background, stop_background
+from ..telemetry.background import start_background, stop_background
 from . import store
 from .config import RolloutConfig
 from .policy import Decision, decide

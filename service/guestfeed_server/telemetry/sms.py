@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..background import start_background, stop_background
+from .background import start_background, stop_background
 from .metrics import GaugeSources
 
 log = logging.getLogger(__name__)

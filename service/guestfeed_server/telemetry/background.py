@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
-from .telemetry import untraced
+from . import untraced
 
 
 def start_background(job: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
