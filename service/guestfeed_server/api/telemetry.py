@@ -123,8 +123,8 @@ class _Call:
                 by_source=by_source,
             )
         # Written on the loop's next turn, once gRPC has started sending the
-        # response: formatting and writing the line (70 us in a server
-        # under load) is then off the caller's path, and still in order.
+        # response: formatting and writing the line (measurable under load,
+        # docs/performance.md) is then off the caller's path, and still in order.
         asyncio.get_running_loop().call_soon(_log_rpc, span, fields)
 
 

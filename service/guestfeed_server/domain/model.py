@@ -56,7 +56,7 @@ class FeedMessage(NamedTuple):
 
     A NamedTuple rather than a frozen dataclass: a page builds fifty of these
     per call, and a frozen dataclass's __init__ (one object.__setattr__ per
-    field) cost about 60 us a page, a tuple a third of that.
+    field) costs several times a tuple's (docs/performance.md).
     """
 
     message_id: uuid.UUID

@@ -24,9 +24,9 @@ from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.model import Cursor, ReadModel
 
 # Version 2 MACs with keyed BLAKE2b, which CPython implements itself; version
-# 1 used HMAC-SHA256 through OpenSSL, whose two calls per token took 25 us in
-# a server under load (BLAKE2b: 4 us). Version 1 tokens, from a replica not
-# yet upgraded, are still accepted.
+# 1 used HMAC-SHA256 through OpenSSL, whose two calls per token cost several
+# times more in a server under load (docs/performance.md). Version 1 tokens,
+# from a replica not yet upgraded, are still accepted.
 _VERSION = 2
 _VERSIONS = (1, 2)
 # version, read model, event uuid, viewer digest, created_at (µs since epoch), message uuid

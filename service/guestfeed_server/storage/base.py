@@ -40,7 +40,7 @@ viewer AS (
 
 # The viewer's row first, then the page's rows newest first; no row at all
 # means "not a guest". One round trip either way. The viewer's arrays travel
-# once, not on each of the page's rows (that cost 40 us a page), and the
+# once, not on each of the page's rows (figures: docs/performance.md), and the
 # ORDER BY, not UNION ALL's order, puts the viewer's row (NULL id) first.
 RESULT_SQL = """
 SELECT * FROM (
@@ -121,7 +121,8 @@ class FeedStore(Protocol):
 # The page as a function in the service's own schema, for transaction-mode
 # poolers (Supavisor on 6543, PgBouncer): there every client statement is
 # unnamed, so PostgreSQL would parse and plan the page statement on every
-# call (measured: 1.8 ms more a page). A PL/pgSQL function's plan is cached
+# call, most of a page's cost there (docs/performance.md). A PL/pgSQL
+# function's plan is cached
 # in the server session, which the pooler keeps across its clients, and the
 # function's own SET clauses give the page its planner choices with no SET
 # round trip and no transaction. Named by a digest of the statement, so a

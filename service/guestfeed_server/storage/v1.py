@@ -27,8 +27,8 @@ page AS (
             AND (m.created_at, m.id) < ($3::timestamptz, $4::uuid)
             -- A scalar subquery, not EXISTS: PostgreSQL may turn EXISTS into
             -- a hash semi-join over all the user's deliveries and the whole
-            -- event (seen in generic plans: 13 ms); a subquery stays a probe
-            -- per message, in index order, stopping at the LIMIT.
+            -- event (seen in generic plans); a subquery stays a probe per
+            -- message, in index order, stopping at the LIMIT.
             AND (SELECT true FROM public.message_deliveries d
                   WHERE d.message_id = m.id AND d.user_id = $2
                   LIMIT 1)
