@@ -178,6 +178,16 @@ class TestStatus:
             "event_overrides": {},
             "revision": 1,
             "updated_by": "guestfeed migrate",
+            "shadow_sample_rate": 0.0,
+            "guard": {
+                "enabled": True,
+                "window_seconds": 60,
+                "min_requests": 20,
+                "max_error_share": 0.01,
+                "max_avg_latency_ms": 1000.0,
+                "max_p95_latency_ms": 0.0,
+                "act_on_shadow_v1_only": True,
+            },
         }
 
     async def test_connection_options_work_before_the_subcommand(self, rig: Rig) -> None:

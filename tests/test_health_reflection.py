@@ -183,6 +183,8 @@ class TestReflection:
             "GetRolloutConfig",
             "UpdateRolloutConfig",
             "ListRolloutChanges",
+            "CompareReadModels",
+            "GetGuardStatus",
             "PreviewRolloutChange",
         }
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2
 from guestfeed_server.auth import mint
+from guestfeed_server.rollout import RolloutConfig, StaticPolicy
 from guestfeed_server.telemetry.logs import JsonFormatter
 from guestfeed_server.testing.procs import spawn_server
 
@@ -251,7 +252,9 @@ async def sensitive(world: World, admin_pool: asyncpg.Pool) -> dict[str, Any]:
         [guest, other_guest],
     )
     ann = await world.message(event, "announcement", content=f"content-ann-{mark}")
-    chan = await world.channel(event, ["t"], content=f"content-chan-{mark}")
+    # Targeted at a tag the guest lacks, yet delivered: V1 shows it and V2
+    # hides it, so the shadow read logs (ids only, never this content).
+    chan = await world.channel(event, ["gone"], content=f"content-chan-{mark}")
     sid = world.messages[chan].scheduled_id
     await admin_pool.execute(
         "UPDATE public.scheduled_messages SET content = $1 WHERE id = $2",
@@ -290,7 +293,8 @@ class TestNothingSensitive:
         }
         seen: list[str] = []
         calls = 0
-        async with traced_server(admin_dsn, tracing, GUESTFEED_CONSISTENCY_SAMPLE_RATE="1") as t:
+        shadowing = StaticPolicy(RolloutConfig(shadow_sample_rate=1.0))
+        async with traced_server(admin_dsn, tracing, rollout=shadowing) as t:
             c, md = t.client, [("authorization", f"Bearer {good}")]
             for model in (0, feed_pb2.READ_MODEL_V1, feed_pb2.READ_MODEL_V2):
                 req = feed_pb2.ListMessagesRequest(event_id=str(event), read_model=model)
@@ -316,7 +320,7 @@ class TestNothingSensitive:
                 )
             calls += 1
             await captured.wait_rpc(calls)
-            await asyncio.sleep(0.2)  # the sampled consistency check logs in the background
+            await asyncio.sleep(0.2)  # the shadow read logs in the background
         async with traced_server(admin_dsn, tracing, rollout=RaisingPolicy()) as t:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await t.client.feed.ListMessages(
@@ -330,7 +334,8 @@ class TestNothingSensitive:
             seen
         )
         assert len(captured.rpc()) == calls
-        assert any(d["msg"] == "consistency check" for d in captured.parsed())
+        shadowed = [d for d in captured.parsed() if d["msg"].startswith("shadow read: v2 hides")]
+        assert shadowed and shadowed[0]["message_ids"] and shadowed[0]["event_id"] == str(event)
         assert any(d["msg"] == "unhandled error in RPC" for d in captured.parsed())
         needles = [
             *sensitive["content"],

@@ -12,7 +12,7 @@ from guestfeed.v1 import feed_pb2
 from guestfeed_server.api.server import ROLLOUT_HEALTH_NAME
 from guestfeed_server.auth import Principal, Role
 from guestfeed_server.domain.model import ReadModel
-from guestfeed_server.rollout import Reason, RolloutConfig
+from guestfeed_server.rollout import Proposal, Reason, RolloutConfig
 from guestfeed_server.rollout.admin import RolloutAdmin
 from guestfeed_server.rollout.bucketing import bucket
 from guestfeed_server.rollout.live import RolloutState
@@ -144,8 +144,7 @@ class TestRolloutStateApply:
         )
         new = await admin_.update(
             Principal(ADMIN, Role.SERVICE_ROLE),
-            RolloutConfig(v2_enabled=True, v2_percentage=100),
-            hash_version=None,
+            Proposal(v2_enabled=True, v2_percentage=100),
             expected_revision=1,
             reason="unit",
         )

@@ -145,3 +145,30 @@ class GuestFeedClient:
             )
         except grpc.RpcError as err:
             raise RPCError.from_call(err) from None
+
+    async def compare_read_models(
+        self, event_id: str, *, user_id: str = "", timeout: float | None = None
+    ) -> AsyncIterator[rollout_pb2.CompareReadModelsResponse]:
+        """V1 against V2 per guest of an event, then a summary (service_role only).
+
+        A long event takes a while: `timeout` bounds the whole stream (default:
+        no deadline beyond the connection's).
+        """
+        request = rollout_pb2.CompareReadModelsRequest(event_id=event_id, user_id=user_id)
+        call = self._rollout.CompareReadModels(request, metadata=self._metadata(), timeout=timeout)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None
+
+    async def get_guard_status(self) -> rollout_pb2.GetGuardStatusResponse:
+        """The answering replica's auto-rollback guard (service_role only)."""
+        try:
+            return await self._rollout.GetGuardStatus(
+                rollout_pb2.GetGuardStatusRequest(),
+                metadata=self._metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None

@@ -31,10 +31,12 @@ from .auth.keyring import Keys, keys_for
 from .domain.budget import Budget
 from .domain.model import ReadModel
 from .feed import FeedReader, PageTokens
-from .feed.consistency import ConsistencySampler
+from .feed.shadow import ShadowReads
 from .rollout import RolloutConfig, RolloutPolicy
 from .rollout import store as rollout_store
 from .rollout.admin import RolloutAdmin
+from .rollout.compare import ReadModelComparison
+from .rollout.guard import Guard
 from .rollout.live import RolloutState
 from .settings import PoolMode, Settings, StartupError, parse_listen
 from .storage import Database, make_store
@@ -90,6 +92,8 @@ async def running(
         MigrationError: the database lacks migrations.
     """
     async with contextlib.AsyncExitStack() as stack:
+        for notice in settings.notices:
+            log.warning(notice)
         if telemetry is None:
             # Ours to flush and stop; a caller's telemetry stays the caller's.
             telemetry = Telemetry.from_settings(settings.telemetry)
@@ -114,8 +118,10 @@ async def running(
             state = await _start_rollout(db, dsn, settings)
             stack.push_async_callback(state.stop)
             rollout = state
-        sampler, reader, admin = _use_cases(db, rollout, state, keys, telemetry, settings)
-        stack.push_async_callback(sampler.stop)
+        uses = _use_cases(db, rollout, state, keys, telemetry, settings)
+        stack.push_async_callback(uses.shadow.stop)
+        uses.guard.start()
+        stack.push_async_callback(uses.guard.stop)
         health = _health(db, state, jwks, settings)
         with untraced():
             await health.probe()
@@ -136,9 +142,11 @@ async def running(
         )
         server = build_server(
             auth=auth,
-            reader=reader,
+            reader=uses.reader,
             policy=rollout,
-            admin=admin,
+            admin=uses.admin,
+            comparison=uses.comparison,
+            guard=uses.guard,
             health=health,
             telemetry=telemetry,
         )
@@ -231,6 +239,17 @@ async def _start_rollout(db: Database, dsn: str, settings: Settings) -> RolloutS
     return state
 
 
+@dataclass
+class UseCases:
+    """The use cases a replica serves, wired to its database and telemetry."""
+
+    reader: FeedReader
+    admin: RolloutAdmin
+    comparison: ReadModelComparison
+    shadow: ShadowReads
+    guard: Guard
+
+
 def _use_cases(
     db: Database,
     policy: RolloutPolicy,
@@ -238,31 +257,43 @@ def _use_cases(
     keys: Keys,
     telemetry: Telemetry,
     settings: Settings,
-) -> tuple[ConsistencySampler, FeedReader, RolloutAdmin]:
+) -> UseCases:
     telemetry.sources.pool_in_use = db.in_use
     telemetry.sources.pool_idle = db.idle
     telemetry.sources.pool_waiting = lambda: db.waiting
     stores = {m: make_store(m, db) for m in ReadModel}
-    sampler = ConsistencySampler(
-        stores,
-        telemetry.metrics,
-        rate=settings.consistency_sample_rate,
-        timeout_s=settings.query_timeout_s,
-    )
-    reader = FeedReader(
-        stores,
-        policy,
-        PageTokens(keys.page_token_keys),
-        query_timeout_s=settings.query_timeout_s,
-        sampler=sampler,
-    )
     admin = RolloutAdmin(
         db,
         deploy_v2_allowed=settings.deploy_v2_allowed,
         query_timeout_s=settings.query_timeout_s,
         applied=state.apply if state is not None else None,
     )
-    return sampler, reader, admin
+
+    def stored() -> RolloutConfig | None:
+        # The live config, or a fixed policy's (tests, tools).
+        config = getattr(policy, "config", None)
+        return config if isinstance(config, RolloutConfig) else None
+
+    guard = Guard(
+        admin, stored, replica=settings.replica_name, interval_s=settings.guard_interval_s
+    )
+    shadow = ShadowReads(
+        stores,
+        telemetry.metrics,
+        telemetry.tracer,
+        rate=lambda: config.shadow_sample_rate if (config := stored()) else 0.0,
+        timeout_s=settings.query_timeout_s,
+        listener=guard.observe_shadow,
+    )
+    reader = FeedReader(
+        stores,
+        policy,
+        PageTokens(keys.page_token_keys),
+        query_timeout_s=settings.query_timeout_s,
+        shadow=shadow,
+        observe=guard.observe_page,
+    )
+    return UseCases(reader, admin, ReadModelComparison(db), shadow, guard)
 
 
 def _health(

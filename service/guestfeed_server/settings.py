@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,10 @@ class Settings:
     deploy_v2_allowed: bool
     # How often a replica re-reads the rollout config even without a NOTIFY.
     rollout_refresh_s: float
-    # Share of first pages followed by a background v1/v2 comparison.
-    consistency_sample_rate: float = 0.0
+    # How often the auto-rollback guard looks at its window.
+    guard_interval_s: float = 5.0
+    # How this replica names itself (the guard's audit rows): host:pid by default.
+    replica_name: str = ""
     # How often the SMS pipeline health query runs.
     sms_health_interval_s: float = 300.0
     # The project's JWKS (asymmetric user tokens); None: HS256 secret only.
@@ -119,6 +122,8 @@ class Settings:
     telemetry: TelemetrySettings = TelemetrySettings()
     # The admin CLI's credential (GUESTFEED_SERVICE_TOKEN): the service_role key.
     service_token: str | None = None
+    # Things to say at start-up about the environment (retired variables).
+    notices: tuple[str, ...] = ()
 
     @property
     def embedded(self) -> bool:
@@ -197,7 +202,9 @@ class Settings:
             shutdown_grace_s=_float(env, "GUESTFEED_SHUTDOWN_GRACE_S", 5.0),
             deploy_v2_allowed=_bool(env, "GUESTFEED_READMODEL_V2", True),
             rollout_refresh_s=_float(env, "GUESTFEED_ROLLOUT_REFRESH_S", 5.0),
-            consistency_sample_rate=_rate(env, "GUESTFEED_CONSISTENCY_SAMPLE_RATE"),
+            guard_interval_s=_float(env, "GUESTFEED_GUARD_INTERVAL_S", 5.0),
+            replica_name=(env.get("GUESTFEED_REPLICA_NAME") or "").strip()
+            or f"{socket.gethostname()}:{os.getpid()}",
             sms_health_interval_s=_float(env, "GUESTFEED_SMS_HEALTH_INTERVAL_S", 300.0),
             jwks_url=jwks_url,
             jwt_issuer=issuer,
@@ -207,6 +214,7 @@ class Settings:
             direct_database_url=_postgres_url(env, "GUESTFEED_DIRECT_DATABASE_URL"),
             telemetry=TelemetrySettings.from_env(env),
             service_token=(env.get("GUESTFEED_SERVICE_TOKEN") or "").strip() or None,
+            notices=_retired(env),
         )
 
 
@@ -222,6 +230,16 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"GUESTFEED_LISTEN port must be 0-65535, got {port}")
     return host, port
+
+
+def _retired(env: Mapping[str, str]) -> tuple[str, ...]:
+    if env.get("GUESTFEED_CONSISTENCY_SAMPLE_RATE"):
+        return (
+            "GUESTFEED_CONSISTENCY_SAMPLE_RATE is no longer read: shadow reads replaced the "
+            "sampled comparison; set the rollout config's shadow_sample_rate instead "
+            "(guestfeed rollout shadow --rate R --reason ...)",
+        )
+    return ()
 
 
 def _exporters(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -307,19 +325,6 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if value in ("false", "0", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _rate(env: Mapping[str, str], name: str) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a fraction from 0 to 1, got {raw!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be a fraction from 0 to 1, got {value}")
-    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

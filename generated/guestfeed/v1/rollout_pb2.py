@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from guestfeed.v1 import feed_pb2 as guestfeed_dot_v1_dot_feed__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aguestfeed/v1/rollout.proto\x12\x0cguestfeed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17guestfeed/v1/feed.proto\"8\n\x13GetReadModelRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x9a\x01\n\x14GetReadModelResponse\x12+\n\nread_model\x18\x01 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\x05\x12,\n\x06reason\x18\x03 \x01(\x0e\x32\x1c.guestfeed.v1.DecisionReason\x12\x17\n\x0f\x63onfig_revision\x18\x04 \x01(\x03\"\xf2\x03\n\rRolloutConfig\x12\x12\n\nv2_enabled\x18\x01 \x01(\x08\x12\x15\n\rv2_percentage\x18\x02 \x01(\x05\x12\x46\n\x0euser_overrides\x18\x03 \x03(\x0b\x32..guestfeed.v1.RolloutConfig.UserOverridesEntry\x12H\n\x0f\x65vent_overrides\x18\x04 \x03(\x0b\x32/.guestfeed.v1.RolloutConfig.EventOverridesEntry\x12/\n\x0chash_version\x18\x05 \x01(\x0e\x32\x19.guestfeed.v1.HashVersion\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x08 \x01(\t\x1aM\n\x12UserOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\x1aN\n\x13\x45ventOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\"\x19\n\x17GetRolloutConfigRequest\"}\n\x18GetRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x1a\n\x12replica_v2_allowed\x18\x02 \x01(\x08\x12\x18\n\x10replica_revision\x18\x03 \x01(\x03\"t\n\x1aUpdateRolloutConfigRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x1bUpdateRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"B\n\x19ListRolloutChangesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xce\x01\n\rRolloutChange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12+\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12*\n\x05\x61\x66ter\x18\x06 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"c\n\x1aListRolloutChangesResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.guestfeed.v1.RolloutChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1bPreviewRolloutChangeRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x12\n\nmax_events\x18\x02 \x01(\x05\"d\n\x0b\x45ventImpact\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0fguests_changing\x18\x02 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x04 \x01(\x03\"\xdb\x01\n\x1cPreviewRolloutChangeResponse\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x03\x12\x18\n\x10guests_evaluated\x18\x02 \x01(\x03\x12\x17\n\x0fguests_changing\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x04 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x05 \x01(\x03\x12\x17\n\x0f\x65vents_changing\x18\x06 \x01(\x03\x12)\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x19.guestfeed.v1.EventImpact*O\n\x0bHashVersion\x12\x1c\n\x18HASH_VERSION_UNSPECIFIED\x10\x00\x12\"\n\x1eHASH_VERSION_JS_SIMPLE_HASH_V1\x10\x01*\x80\x02\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12&\n\"DECISION_REASON_DEPLOY_KILL_SWITCH\x10\x01\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_KILL_SWITCH\x10\x02\x12!\n\x1d\x44\x45\x43ISION_REASON_USER_OVERRIDE\x10\x03\x12\"\n\x1e\x44\x45\x43ISION_REASON_EVENT_OVERRIDE\x10\x04\x12\x1e\n\x1a\x44\x45\x43ISION_REASON_PERCENTAGE\x10\x05\x12\x1d\n\x19\x44\x45\x43ISION_REASON_FAIL_SAFE\x10\x06\x32\x8e\x04\n\x0eRolloutService\x12U\n\x0cGetReadModel\x12!.guestfeed.v1.GetReadModelRequest\x1a\".guestfeed.v1.GetReadModelResponse\x12\x61\n\x10GetRolloutConfig\x12%.guestfeed.v1.GetRolloutConfigRequest\x1a&.guestfeed.v1.GetRolloutConfigResponse\x12j\n\x13UpdateRolloutConfig\x12(.guestfeed.v1.UpdateRolloutConfigRequest\x1a).guestfeed.v1.UpdateRolloutConfigResponse\x12g\n\x12ListRolloutChanges\x12\'.guestfeed.v1.ListRolloutChangesRequest\x1a(.guestfeed.v1.ListRolloutChangesResponse\x12m\n\x14PreviewRolloutChange\x12).guestfeed.v1.PreviewRolloutChangeRequest\x1a*.guestfeed.v1.PreviewRolloutChangeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aguestfeed/v1/rollout.proto\x12\x0cguestfeed.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17guestfeed/v1/feed.proto\"8\n\x13GetReadModelRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\x9a\x01\n\x14GetReadModelResponse\x12+\n\nread_model\x18\x01 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\x05\x12,\n\x06reason\x18\x03 \x01(\x0e\x32\x1c.guestfeed.v1.DecisionReason\x12\x17\n\x0f\x63onfig_revision\x18\x04 \x01(\x03\"\xd4\x04\n\rRolloutConfig\x12\x12\n\nv2_enabled\x18\x01 \x01(\x08\x12\x15\n\rv2_percentage\x18\x02 \x01(\x05\x12\x46\n\x0euser_overrides\x18\x03 \x03(\x0b\x32..guestfeed.v1.RolloutConfig.UserOverridesEntry\x12H\n\x0f\x65vent_overrides\x18\x04 \x03(\x0b\x32/.guestfeed.v1.RolloutConfig.EventOverridesEntry\x12/\n\x0chash_version\x18\x05 \x01(\x0e\x32\x19.guestfeed.v1.HashVersion\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x08 \x01(\t\x12\x1f\n\x12shadow_sample_rate\x18\t \x01(\x01H\x00\x88\x01\x01\x12(\n\x05guard\x18\n \x01(\x0b\x32\x19.guestfeed.v1.GuardConfig\x1aM\n\x12UserOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\x1aN\n\x13\x45ventOverridesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel:\x02\x38\x01\x42\x15\n\x13_shadow_sample_rate\"\xbc\x01\n\x0bGuardConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x16\n\x0ewindow_seconds\x18\x02 \x01(\x05\x12\x14\n\x0cmin_requests\x18\x03 \x01(\x05\x12\x17\n\x0fmax_error_share\x18\x04 \x01(\x01\x12\x1a\n\x12max_avg_latency_ms\x18\x05 \x01(\x01\x12\x1a\n\x12max_p95_latency_ms\x18\x06 \x01(\x01\x12\x1d\n\x15\x61\x63t_on_shadow_v1_only\x18\x07 \x01(\x08\"\x19\n\x17GetRolloutConfigRequest\"}\n\x18GetRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x1a\n\x12replica_v2_allowed\x18\x02 \x01(\x08\x12\x18\n\x10replica_revision\x18\x03 \x01(\x03\"t\n\x1aUpdateRolloutConfigRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"J\n\x1bUpdateRolloutConfigResponse\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"B\n\x19ListRolloutChangesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xce\x01\n\rRolloutChange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12+\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12*\n\x05\x61\x66ter\x18\x06 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\"c\n\x1aListRolloutChangesResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.guestfeed.v1.RolloutChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x1bPreviewRolloutChangeRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1b.guestfeed.v1.RolloutConfig\x12\x12\n\nmax_events\x18\x02 \x01(\x05\"d\n\x0b\x45ventImpact\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0fguests_changing\x18\x02 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x04 \x01(\x03\"\xdb\x01\n\x1cPreviewRolloutChangeResponse\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x03\x12\x18\n\x10guests_evaluated\x18\x02 \x01(\x03\x12\x17\n\x0fguests_changing\x18\x03 \x01(\x03\x12\x14\n\x0cguests_to_v2\x18\x04 \x01(\x03\x12\x14\n\x0cguests_to_v1\x18\x05 \x01(\x03\x12\x17\n\x0f\x65vents_changing\x18\x06 \x01(\x03\x12)\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x19.guestfeed.v1.EventImpact\"=\n\x18\x43ompareReadModelsRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc0\x01\n\rV1OnlyMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12/\n\x0cmessage_type\x18\x02 \x01(\x0e\x32\x19.guestfeed.v1.MessageType\x12*\n\x06reason\x18\x03 \x01(\x0e\x32\x1a.guestfeed.v1.V1OnlyReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x10MessageTypeCount\x12/\n\x0cmessage_type\x18\x01 \x01(\x0e\x32\x19.guestfeed.v1.MessageType\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xd1\x01\n\x0fGuestComparison\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08v1_count\x18\x02 \x01(\x03\x12\x10\n\x08v2_count\x18\x03 \x01(\x03\x12\x14\n\x0c\x63ommon_count\x18\x04 \x01(\x03\x12,\n\x07v1_only\x18\x05 \x03(\x0b\x32\x1b.guestfeed.v1.V1OnlyMessage\x12/\n\x07v2_only\x18\x06 \x03(\x0b\x32\x1e.guestfeed.v1.MessageTypeCount\x12\x14\n\x0cguests_total\x18\x07 \x01(\x03\"N\n\x11V1OnlyReasonCount\x12*\n\x06reason\x18\x01 \x01(\x0e\x32\x1a.guestfeed.v1.V1OnlyReason\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x8b\x02\n\x11\x43omparisonSummary\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0fguests_compared\x18\x02 \x01(\x03\x12\x1b\n\x13guests_with_v1_only\x18\x03 \x01(\x03\x12\x15\n\rv1_only_total\x18\x04 \x01(\x03\x12:\n\x11v1_only_by_reason\x18\x05 \x03(\x0b\x32\x1f.guestfeed.v1.V1OnlyReasonCount\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bsnapshot_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x01\n\x19\x43ompareReadModelsResponse\x12.\n\x05guest\x18\x01 \x01(\x0b\x32\x1d.guestfeed.v1.GuestComparisonH\x00\x12\x32\n\x07summary\x18\x02 \x01(\x0b\x32\x1f.guestfeed.v1.ComparisonSummaryH\x00\x42\x08\n\x06result\"\x17\n\x15GetGuardStatusRequest\"a\n\x0bGuardSignal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x10\n\x08\x62reached\x18\x04 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"s\n\x0bGuardAction\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nchanged_by\x18\x04 \x01(\t\"\x83\x02\n\x16GetGuardStatusResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\x05\x12\x13\n\x0bv2_requests\x18\x04 \x01(\x03\x12\x13\n\x0bv2_failures\x18\x05 \x01(\x03\x12\x14\n\x0cmin_requests\x18\x06 \x01(\x05\x12\x13\n\x0b\x65nough_data\x18\x07 \x01(\x08\x12*\n\x07signals\x18\x08 \x03(\x0b\x32\x19.guestfeed.v1.GuardSignal\x12.\n\x0blast_action\x18\t \x01(\x0b\x32\x19.guestfeed.v1.GuardAction*O\n\x0bHashVersion\x12\x1c\n\x18HASH_VERSION_UNSPECIFIED\x10\x00\x12\"\n\x1eHASH_VERSION_JS_SIMPLE_HASH_V1\x10\x01*\x80\x02\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12&\n\"DECISION_REASON_DEPLOY_KILL_SWITCH\x10\x01\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_KILL_SWITCH\x10\x02\x12!\n\x1d\x44\x45\x43ISION_REASON_USER_OVERRIDE\x10\x03\x12\"\n\x1e\x44\x45\x43ISION_REASON_EVENT_OVERRIDE\x10\x04\x12\x1e\n\x1a\x44\x45\x43ISION_REASON_PERCENTAGE\x10\x05\x12\x1d\n\x19\x44\x45\x43ISION_REASON_FAIL_SAFE\x10\x06*\xfc\x01\n\x0cV1OnlyReason\x12\x1e\n\x1aV1_ONLY_REASON_UNSPECIFIED\x10\x00\x12\'\n#V1_ONLY_REASON_TAGS_NO_LONGER_MATCH\x10\x01\x12\x34\n0V1_ONLY_REASON_CHANNEL_WITHOUT_SCHEDULED_MESSAGE\x10\x02\x12-\n)V1_ONLY_REASON_DIRECT_DELIVERY_TO_NEITHER\x10\x03\x12$\n V1_ONLY_REASON_GUEST_ROW_REMOVED\x10\x04\x12\x18\n\x14V1_ONLY_REASON_OTHER\x10\x05\x32\xd3\x05\n\x0eRolloutService\x12U\n\x0cGetReadModel\x12!.guestfeed.v1.GetReadModelRequest\x1a\".guestfeed.v1.GetReadModelResponse\x12\x61\n\x10GetRolloutConfig\x12%.guestfeed.v1.GetRolloutConfigRequest\x1a&.guestfeed.v1.GetRolloutConfigResponse\x12j\n\x13UpdateRolloutConfig\x12(.guestfeed.v1.UpdateRolloutConfigRequest\x1a).guestfeed.v1.UpdateRolloutConfigResponse\x12g\n\x12ListRolloutChanges\x12\'.guestfeed.v1.ListRolloutChangesRequest\x1a(.guestfeed.v1.ListRolloutChangesResponse\x12m\n\x14PreviewRolloutChange\x12).guestfeed.v1.PreviewRolloutChangeRequest\x1a*.guestfeed.v1.PreviewRolloutChangeResponse\x12\x66\n\x11\x43ompareReadModels\x12&.guestfeed.v1.CompareReadModelsRequest\x1a\'.guestfeed.v1.CompareReadModelsResponse0\x01\x12[\n\x0eGetGuardStatus\x12#.guestfeed.v1.GetGuardStatusRequest\x1a$.guestfeed.v1.GetGuardStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,40 +38,66 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLLOUTCONFIG_USEROVERRIDESENTRY']._serialized_options = b'8\001'
   _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._loaded_options = None
   _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._serialized_options = b'8\001'
-  _globals['_HASHVERSION']._serialized_start=1964
-  _globals['_HASHVERSION']._serialized_end=2043
-  _globals['_DECISIONREASON']._serialized_start=2046
-  _globals['_DECISIONREASON']._serialized_end=2302
-  _globals['_GETREADMODELREQUEST']._serialized_start=102
-  _globals['_GETREADMODELREQUEST']._serialized_end=158
-  _globals['_GETREADMODELRESPONSE']._serialized_start=161
-  _globals['_GETREADMODELRESPONSE']._serialized_end=315
-  _globals['_ROLLOUTCONFIG']._serialized_start=318
-  _globals['_ROLLOUTCONFIG']._serialized_end=816
-  _globals['_ROLLOUTCONFIG_USEROVERRIDESENTRY']._serialized_start=659
-  _globals['_ROLLOUTCONFIG_USEROVERRIDESENTRY']._serialized_end=736
-  _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._serialized_start=738
-  _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._serialized_end=816
-  _globals['_GETROLLOUTCONFIGREQUEST']._serialized_start=818
-  _globals['_GETROLLOUTCONFIGREQUEST']._serialized_end=843
-  _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_start=845
-  _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_end=970
-  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_start=972
-  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_end=1088
-  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_start=1090
-  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_end=1164
-  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_start=1166
-  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_end=1232
-  _globals['_ROLLOUTCHANGE']._serialized_start=1235
-  _globals['_ROLLOUTCHANGE']._serialized_end=1441
-  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_start=1443
-  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_end=1542
-  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_start=1544
-  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_end=1638
-  _globals['_EVENTIMPACT']._serialized_start=1640
-  _globals['_EVENTIMPACT']._serialized_end=1740
-  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_start=1743
-  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_end=1962
-  _globals['_ROLLOUTSERVICE']._serialized_start=2305
-  _globals['_ROLLOUTSERVICE']._serialized_end=2831
+  _globals['_HASHVERSION']._serialized_start=3832
+  _globals['_HASHVERSION']._serialized_end=3911
+  _globals['_DECISIONREASON']._serialized_start=3914
+  _globals['_DECISIONREASON']._serialized_end=4170
+  _globals['_V1ONLYREASON']._serialized_start=4173
+  _globals['_V1ONLYREASON']._serialized_end=4425
+  _globals['_GETREADMODELREQUEST']._serialized_start=134
+  _globals['_GETREADMODELREQUEST']._serialized_end=190
+  _globals['_GETREADMODELRESPONSE']._serialized_start=193
+  _globals['_GETREADMODELRESPONSE']._serialized_end=347
+  _globals['_ROLLOUTCONFIG']._serialized_start=350
+  _globals['_ROLLOUTCONFIG']._serialized_end=946
+  _globals['_ROLLOUTCONFIG_USEROVERRIDESENTRY']._serialized_start=766
+  _globals['_ROLLOUTCONFIG_USEROVERRIDESENTRY']._serialized_end=843
+  _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._serialized_start=845
+  _globals['_ROLLOUTCONFIG_EVENTOVERRIDESENTRY']._serialized_end=923
+  _globals['_GUARDCONFIG']._serialized_start=949
+  _globals['_GUARDCONFIG']._serialized_end=1137
+  _globals['_GETROLLOUTCONFIGREQUEST']._serialized_start=1139
+  _globals['_GETROLLOUTCONFIGREQUEST']._serialized_end=1164
+  _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_start=1166
+  _globals['_GETROLLOUTCONFIGRESPONSE']._serialized_end=1291
+  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_start=1293
+  _globals['_UPDATEROLLOUTCONFIGREQUEST']._serialized_end=1409
+  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_start=1411
+  _globals['_UPDATEROLLOUTCONFIGRESPONSE']._serialized_end=1485
+  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_start=1487
+  _globals['_LISTROLLOUTCHANGESREQUEST']._serialized_end=1553
+  _globals['_ROLLOUTCHANGE']._serialized_start=1556
+  _globals['_ROLLOUTCHANGE']._serialized_end=1762
+  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_start=1764
+  _globals['_LISTROLLOUTCHANGESRESPONSE']._serialized_end=1863
+  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_start=1865
+  _globals['_PREVIEWROLLOUTCHANGEREQUEST']._serialized_end=1959
+  _globals['_EVENTIMPACT']._serialized_start=1961
+  _globals['_EVENTIMPACT']._serialized_end=2061
+  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_start=2064
+  _globals['_PREVIEWROLLOUTCHANGERESPONSE']._serialized_end=2283
+  _globals['_COMPAREREADMODELSREQUEST']._serialized_start=2285
+  _globals['_COMPAREREADMODELSREQUEST']._serialized_end=2346
+  _globals['_V1ONLYMESSAGE']._serialized_start=2349
+  _globals['_V1ONLYMESSAGE']._serialized_end=2541
+  _globals['_MESSAGETYPECOUNT']._serialized_start=2543
+  _globals['_MESSAGETYPECOUNT']._serialized_end=2625
+  _globals['_GUESTCOMPARISON']._serialized_start=2628
+  _globals['_GUESTCOMPARISON']._serialized_end=2837
+  _globals['_V1ONLYREASONCOUNT']._serialized_start=2839
+  _globals['_V1ONLYREASONCOUNT']._serialized_end=2917
+  _globals['_COMPARISONSUMMARY']._serialized_start=2920
+  _globals['_COMPARISONSUMMARY']._serialized_end=3187
+  _globals['_COMPAREREADMODELSRESPONSE']._serialized_start=3190
+  _globals['_COMPAREREADMODELSRESPONSE']._serialized_end=3327
+  _globals['_GETGUARDSTATUSREQUEST']._serialized_start=3329
+  _globals['_GETGUARDSTATUSREQUEST']._serialized_end=3352
+  _globals['_GUARDSIGNAL']._serialized_start=3354
+  _globals['_GUARDSIGNAL']._serialized_end=3451
+  _globals['_GUARDACTION']._serialized_start=3453
+  _globals['_GUARDACTION']._serialized_end=3568
+  _globals['_GETGUARDSTATUSRESPONSE']._serialized_start=3571
+  _globals['_GETGUARDSTATUSRESPONSE']._serialized_end=3830
+  _globals['_ROLLOUTSERVICE']._serialized_start=4428
+  _globals['_ROLLOUTSERVICE']._serialized_end=5151
 # @@protoc_insertion_point(module_scope)

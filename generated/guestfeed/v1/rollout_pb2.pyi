@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from guestfeed.v1 import feed_pb2 as _feed_pb2
 from google.protobuf.internal import containers as _containers
@@ -25,6 +26,15 @@ class DecisionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECISION_REASON_EVENT_OVERRIDE: _ClassVar[DecisionReason]
     DECISION_REASON_PERCENTAGE: _ClassVar[DecisionReason]
     DECISION_REASON_FAIL_SAFE: _ClassVar[DecisionReason]
+
+class V1OnlyReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    V1_ONLY_REASON_UNSPECIFIED: _ClassVar[V1OnlyReason]
+    V1_ONLY_REASON_TAGS_NO_LONGER_MATCH: _ClassVar[V1OnlyReason]
+    V1_ONLY_REASON_CHANNEL_WITHOUT_SCHEDULED_MESSAGE: _ClassVar[V1OnlyReason]
+    V1_ONLY_REASON_DIRECT_DELIVERY_TO_NEITHER: _ClassVar[V1OnlyReason]
+    V1_ONLY_REASON_GUEST_ROW_REMOVED: _ClassVar[V1OnlyReason]
+    V1_ONLY_REASON_OTHER: _ClassVar[V1OnlyReason]
 HASH_VERSION_UNSPECIFIED: HashVersion
 HASH_VERSION_JS_SIMPLE_HASH_V1: HashVersion
 DECISION_REASON_UNSPECIFIED: DecisionReason
@@ -34,6 +44,12 @@ DECISION_REASON_USER_OVERRIDE: DecisionReason
 DECISION_REASON_EVENT_OVERRIDE: DecisionReason
 DECISION_REASON_PERCENTAGE: DecisionReason
 DECISION_REASON_FAIL_SAFE: DecisionReason
+V1_ONLY_REASON_UNSPECIFIED: V1OnlyReason
+V1_ONLY_REASON_TAGS_NO_LONGER_MATCH: V1OnlyReason
+V1_ONLY_REASON_CHANNEL_WITHOUT_SCHEDULED_MESSAGE: V1OnlyReason
+V1_ONLY_REASON_DIRECT_DELIVERY_TO_NEITHER: V1OnlyReason
+V1_ONLY_REASON_GUEST_ROW_REMOVED: V1OnlyReason
+V1_ONLY_REASON_OTHER: V1OnlyReason
 
 class GetReadModelRequest(_message.Message):
     __slots__ = ("event_id", "user_id")
@@ -56,7 +72,7 @@ class GetReadModelResponse(_message.Message):
     def __init__(self, read_model: _Optional[_Union[_feed_pb2.ReadModel, str]] = ..., bucket: _Optional[int] = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., config_revision: _Optional[int] = ...) -> None: ...
 
 class RolloutConfig(_message.Message):
-    __slots__ = ("v2_enabled", "v2_percentage", "user_overrides", "event_overrides", "hash_version", "revision", "updated_at", "updated_by")
+    __slots__ = ("v2_enabled", "v2_percentage", "user_overrides", "event_overrides", "hash_version", "revision", "updated_at", "updated_by", "shadow_sample_rate", "guard")
     class UserOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +95,8 @@ class RolloutConfig(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
     v2_enabled: bool
     v2_percentage: int
     user_overrides: _containers.ScalarMap[str, _feed_pb2.ReadModel]
@@ -87,7 +105,27 @@ class RolloutConfig(_message.Message):
     revision: int
     updated_at: _timestamp_pb2.Timestamp
     updated_by: str
-    def __init__(self, v2_enabled: _Optional[bool] = ..., v2_percentage: _Optional[int] = ..., user_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., event_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., hash_version: _Optional[_Union[HashVersion, str]] = ..., revision: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    shadow_sample_rate: float
+    guard: GuardConfig
+    def __init__(self, v2_enabled: _Optional[bool] = ..., v2_percentage: _Optional[int] = ..., user_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., event_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., hash_version: _Optional[_Union[HashVersion, str]] = ..., revision: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., shadow_sample_rate: _Optional[float] = ..., guard: _Optional[_Union[GuardConfig, _Mapping]] = ...) -> None: ...
+
+class GuardConfig(_message.Message):
+    __slots__ = ("enabled", "window_seconds", "min_requests", "max_error_share", "max_avg_latency_ms", "max_p95_latency_ms", "act_on_shadow_v1_only")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MAX_AVG_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_P95_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ACT_ON_SHADOW_V1_ONLY_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    window_seconds: int
+    min_requests: int
+    max_error_share: float
+    max_avg_latency_ms: float
+    max_p95_latency_ms: float
+    act_on_shadow_v1_only: bool
+    def __init__(self, enabled: _Optional[bool] = ..., window_seconds: _Optional[int] = ..., min_requests: _Optional[int] = ..., max_error_share: _Optional[float] = ..., max_avg_latency_ms: _Optional[float] = ..., max_p95_latency_ms: _Optional[float] = ..., act_on_shadow_v1_only: _Optional[bool] = ...) -> None: ...
 
 class GetRolloutConfigRequest(_message.Message):
     __slots__ = ()
@@ -188,3 +226,137 @@ class PreviewRolloutChangeResponse(_message.Message):
     events_changing: int
     events: _containers.RepeatedCompositeFieldContainer[EventImpact]
     def __init__(self, current_revision: _Optional[int] = ..., guests_evaluated: _Optional[int] = ..., guests_changing: _Optional[int] = ..., guests_to_v2: _Optional[int] = ..., guests_to_v1: _Optional[int] = ..., events_changing: _Optional[int] = ..., events: _Optional[_Iterable[_Union[EventImpact, _Mapping]]] = ...) -> None: ...
+
+class CompareReadModelsRequest(_message.Message):
+    __slots__ = ("event_id", "user_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    user_id: str
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class V1OnlyMessage(_message.Message):
+    __slots__ = ("message_id", "message_type", "reason", "detail", "created_at")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    message_type: _feed_pb2.MessageType
+    reason: V1OnlyReason
+    detail: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, message_id: _Optional[str] = ..., message_type: _Optional[_Union[_feed_pb2.MessageType, str]] = ..., reason: _Optional[_Union[V1OnlyReason, str]] = ..., detail: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class MessageTypeCount(_message.Message):
+    __slots__ = ("message_type", "count")
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    message_type: _feed_pb2.MessageType
+    count: int
+    def __init__(self, message_type: _Optional[_Union[_feed_pb2.MessageType, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class GuestComparison(_message.Message):
+    __slots__ = ("user_id", "v1_count", "v2_count", "common_count", "v1_only", "v2_only", "guests_total")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    V1_COUNT_FIELD_NUMBER: _ClassVar[int]
+    V2_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMMON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    V1_ONLY_FIELD_NUMBER: _ClassVar[int]
+    V2_ONLY_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    v1_count: int
+    v2_count: int
+    common_count: int
+    v1_only: _containers.RepeatedCompositeFieldContainer[V1OnlyMessage]
+    v2_only: _containers.RepeatedCompositeFieldContainer[MessageTypeCount]
+    guests_total: int
+    def __init__(self, user_id: _Optional[str] = ..., v1_count: _Optional[int] = ..., v2_count: _Optional[int] = ..., common_count: _Optional[int] = ..., v1_only: _Optional[_Iterable[_Union[V1OnlyMessage, _Mapping]]] = ..., v2_only: _Optional[_Iterable[_Union[MessageTypeCount, _Mapping]]] = ..., guests_total: _Optional[int] = ...) -> None: ...
+
+class V1OnlyReasonCount(_message.Message):
+    __slots__ = ("reason", "count")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    reason: V1OnlyReason
+    count: int
+    def __init__(self, reason: _Optional[_Union[V1OnlyReason, str]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ComparisonSummary(_message.Message):
+    __slots__ = ("event_id", "guests_compared", "guests_with_v1_only", "v1_only_total", "v1_only_by_reason", "elapsed", "snapshot_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_COMPARED_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_WITH_V1_ONLY_FIELD_NUMBER: _ClassVar[int]
+    V1_ONLY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    V1_ONLY_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    guests_compared: int
+    guests_with_v1_only: int
+    v1_only_total: int
+    v1_only_by_reason: _containers.RepeatedCompositeFieldContainer[V1OnlyReasonCount]
+    elapsed: _duration_pb2.Duration
+    snapshot_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., guests_compared: _Optional[int] = ..., guests_with_v1_only: _Optional[int] = ..., v1_only_total: _Optional[int] = ..., v1_only_by_reason: _Optional[_Iterable[_Union[V1OnlyReasonCount, _Mapping]]] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., snapshot_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CompareReadModelsResponse(_message.Message):
+    __slots__ = ("guest", "summary")
+    GUEST_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    guest: GuestComparison
+    summary: ComparisonSummary
+    def __init__(self, guest: _Optional[_Union[GuestComparison, _Mapping]] = ..., summary: _Optional[_Union[ComparisonSummary, _Mapping]] = ...) -> None: ...
+
+class GetGuardStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GuardSignal(_message.Message):
+    __slots__ = ("name", "value", "threshold", "breached", "event_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    BREACHED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    threshold: float
+    breached: bool
+    event_id: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., breached: _Optional[bool] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class GuardAction(_message.Message):
+    __slots__ = ("revision", "changed_at", "reason", "changed_by")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BY_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    changed_at: _timestamp_pb2.Timestamp
+    reason: str
+    changed_by: str
+    def __init__(self, revision: _Optional[int] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., changed_by: _Optional[str] = ...) -> None: ...
+
+class GetGuardStatusResponse(_message.Message):
+    __slots__ = ("enabled", "replica", "window_seconds", "v2_requests", "v2_failures", "min_requests", "enough_data", "signals", "last_action")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    V2_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    V2_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ENOUGH_DATA_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTION_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    replica: str
+    window_seconds: int
+    v2_requests: int
+    v2_failures: int
+    min_requests: int
+    enough_data: bool
+    signals: _containers.RepeatedCompositeFieldContainer[GuardSignal]
+    last_action: GuardAction
+    def __init__(self, enabled: _Optional[bool] = ..., replica: _Optional[str] = ..., window_seconds: _Optional[int] = ..., v2_requests: _Optional[int] = ..., v2_failures: _Optional[int] = ..., min_requests: _Optional[int] = ..., enough_data: _Optional[bool] = ..., signals: _Optional[_Iterable[_Union[GuardSignal, _Mapping]]] = ..., last_action: _Optional[_Union[GuardAction, _Mapping]] = ...) -> None: ...

@@ -61,6 +61,16 @@ class RolloutServiceStub:
                 request_serializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeRequest.SerializeToString,
                 response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeResponse.FromString,
                 _registered_method=True)
+        self.CompareReadModels = channel.unary_stream(
+                '/guestfeed.v1.RolloutService/CompareReadModels',
+                request_serializer=guestfeed_dot_v1_dot_rollout__pb2.CompareReadModelsRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.CompareReadModelsResponse.FromString,
+                _registered_method=True)
+        self.GetGuardStatus = channel.unary_unary(
+                '/guestfeed.v1.RolloutService/GetGuardStatus',
+                request_serializer=guestfeed_dot_v1_dot_rollout__pb2.GetGuardStatusRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_rollout__pb2.GetGuardStatusResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutServiceServicer:
@@ -109,6 +119,26 @@ class RolloutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareReadModels(self, request, context):
+        """CompareReadModels compares what V1 and V2 show each active guest of an
+        event who has a user account (or the one named) over the whole history,
+        on one consistent read-only snapshot: one response per guest as it is
+        computed, then a summary. Messages V1 shows and V2 hides come with the
+        reason V2 excludes them (service_role only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuardStatus(self, request, context):
+        """GetGuardStatus shows the answering replica's auto-rollback guard: each
+        signal's value and threshold over the window, the requests it saw, and
+        the last change a guard made (service_role only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +166,16 @@ def add_RolloutServiceServicer_to_server(servicer, server):
                     servicer.PreviewRolloutChange,
                     request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeRequest.FromString,
                     response_serializer=guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeResponse.SerializeToString,
+            ),
+            'CompareReadModels': grpc.unary_stream_rpc_method_handler(
+                    servicer.CompareReadModels,
+                    request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.CompareReadModelsRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_rollout__pb2.CompareReadModelsResponse.SerializeToString,
+            ),
+            'GetGuardStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuardStatus,
+                    request_deserializer=guestfeed_dot_v1_dot_rollout__pb2.GetGuardStatusRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_rollout__pb2.GetGuardStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +315,60 @@ class RolloutService:
             '/guestfeed.v1.RolloutService/PreviewRolloutChange',
             guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeRequest.SerializeToString,
             guestfeed_dot_v1_dot_rollout__pb2.PreviewRolloutChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareReadModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/guestfeed.v1.RolloutService/CompareReadModels',
+            guestfeed_dot_v1_dot_rollout__pb2.CompareReadModelsRequest.SerializeToString,
+            guestfeed_dot_v1_dot_rollout__pb2.CompareReadModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuardStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/guestfeed.v1.RolloutService/GetGuardStatus',
+            guestfeed_dot_v1_dot_rollout__pb2.GetGuardStatusRequest.SerializeToString,
+            guestfeed_dot_v1_dot_rollout__pb2.GetGuardStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,18 @@ class RolloutServiceStub:
     read model under a proposed configuration, without changing anything
     (service_role only).
     """
+    CompareReadModels: _grpc.UnaryStreamMultiCallable[_rollout_pb2.CompareReadModelsRequest, _rollout_pb2.CompareReadModelsResponse]
+    """CompareReadModels compares what V1 and V2 show each active guest of an
+    event who has a user account (or the one named) over the whole history,
+    on one consistent read-only snapshot: one response per guest as it is
+    computed, then a summary. Messages V1 shows and V2 hides come with the
+    reason V2 excludes them (service_role only).
+    """
+    GetGuardStatus: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.GetGuardStatusRequest, _rollout_pb2.GetGuardStatusResponse]
+    """GetGuardStatus shows the answering replica's auto-rollback guard: each
+    signal's value and threshold over the window, the requests it saw, and
+    the last change a guard made (service_role only).
+    """
 
 @_typing.type_check_only
 class RolloutServiceAsyncStub(RolloutServiceStub):
@@ -80,6 +92,18 @@ class RolloutServiceAsyncStub(RolloutServiceStub):
     """PreviewRolloutChange says how many guests, and which events, would change
     read model under a proposed configuration, without changing anything
     (service_role only).
+    """
+    CompareReadModels: _aio.UnaryStreamMultiCallable[_rollout_pb2.CompareReadModelsRequest, _rollout_pb2.CompareReadModelsResponse]  # type: ignore[assignment]
+    """CompareReadModels compares what V1 and V2 show each active guest of an
+    event who has a user account (or the one named) over the whole history,
+    on one consistent read-only snapshot: one response per guest as it is
+    computed, then a summary. Messages V1 shows and V2 hides come with the
+    reason V2 excludes them (service_role only).
+    """
+    GetGuardStatus: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GetGuardStatusRequest, _rollout_pb2.GetGuardStatusResponse]  # type: ignore[assignment]
+    """GetGuardStatus shows the answering replica's auto-rollback guard: each
+    signal's value and threshold over the window, the requests it saw, and
+    the last change a guard made (service_role only).
     """
 
 class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +158,30 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
         """PreviewRolloutChange says how many guests, and which events, would change
         read model under a proposed configuration, without changing anything
         (service_role only).
+        """
+
+    @_abc_1.abstractmethod
+    def CompareReadModels(
+        self,
+        request: _rollout_pb2.CompareReadModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_rollout_pb2.CompareReadModelsResponse], _abc.AsyncIterator[_rollout_pb2.CompareReadModelsResponse]]:
+        """CompareReadModels compares what V1 and V2 show each active guest of an
+        event who has a user account (or the one named) over the whole history,
+        on one consistent read-only snapshot: one response per guest as it is
+        computed, then a summary. Messages V1 shows and V2 hides come with the
+        reason V2 excludes them (service_role only).
+        """
+
+    @_abc_1.abstractmethod
+    def GetGuardStatus(
+        self,
+        request: _rollout_pb2.GetGuardStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.GetGuardStatusResponse, _abc.Awaitable[_rollout_pb2.GetGuardStatusResponse]]:
+        """GetGuardStatus shows the answering replica's auto-rollback guard: each
+        signal's value and threshold over the window, the requests it saw, and
+        the last change a guard made (service_role only).
         """
 
 def add_RolloutServiceServicer_to_server(servicer: RolloutServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -141,6 +141,11 @@ def stream_response(page: FeedPage) -> feed_pb2.StreamMessagesResponse:
     return response
 
 
+def message_type_pb(message_type: MessageType) -> feed_pb2.MessageType:
+    """The proto enum value of a message type."""
+    return _TYPE_TO_PB[message_type]
+
+
 def read_model_pb(model: ReadModel) -> feed_pb2.ReadModel:
     """The proto enum value of a read model."""
     return _MODEL_TO_PB[model]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -10,25 +11,38 @@ import grpc
 from guestfeed.v1 import rollout_pb2, rollout_pb2_grpc
 
 from ..auth import Authenticator
+from ..domain.budget import Budget
 from ..domain.errors import FieldViolation, InvalidArgument, PermissionDenied
 from ..feed.query import coerce_page_size
 from ..rollout import Reason, RolloutPolicy
 from ..rollout.admin import RolloutAdmin, require_service
+from ..rollout.compare import ReadModelComparison
+from ..rollout.guard import Guard
 from ..telemetry import record
-from . import convert, rollout_convert
+from . import compare_convert, convert, rollout_convert
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _MAX_PREVIEW_EVENTS = 1000
 _ANY_ID = uuid.UUID(int=0)
+_COMPARE_BATCH_S = 120.0
 
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
     """Each RPC: authenticate, validate, authorize, call the domain, map."""
 
-    def __init__(self, auth: Authenticator, policy: RolloutPolicy, admin: RolloutAdmin) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        policy: RolloutPolicy,
+        admin: RolloutAdmin,
+        comparison: ReadModelComparison,
+        guard: Guard,
+    ) -> None:
         self._auth = auth
         self._policy = policy
         self._admin = admin
+        self._comparison = comparison
+        self._guard = guard
 
     async def GetReadModel(  # noqa: N802 (gRPC method name)
         self, request: rollout_pb2.GetReadModelRequest, context: Context
@@ -75,7 +89,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         who = convert.principal(self._auth, context)
         require_service(who, "UpdateRolloutConfig")
         violations: list[FieldViolation] = []
-        proposed, hash_version = rollout_convert.proposed_config(
+        proposal = rollout_convert.proposed_config(
             request.config, has_config=request.HasField("config"), violations=violations
         )
         reason = rollout_convert.update_reason(request.reason, violations)
@@ -90,11 +104,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         if violations:
             raise InvalidArgument.of(*violations)
         config = await self._admin.update(
-            who,
-            proposed,
-            hash_version=hash_version,
-            expected_revision=request.expected_revision,
-            reason=reason,
+            who, proposal, expected_revision=request.expected_revision, reason=reason
         )
         return rollout_pb2.UpdateRolloutConfigResponse(config=rollout_convert.config_pb(config))
 
@@ -119,7 +129,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         who = convert.principal(self._auth, context)
         require_service(who, "PreviewRolloutChange")
         violations: list[FieldViolation] = []
-        proposed, hash_version = rollout_convert.proposed_config(
+        proposal = rollout_convert.proposed_config(
             request.config, has_config=request.HasField("config"), violations=violations
         )
         if request.max_events < 0:
@@ -129,9 +139,32 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         if violations:
             raise InvalidArgument.of(*violations)
         impact = await self._admin.preview(
-            who,
-            proposed,
-            hash_version=hash_version,
-            max_events=min(request.max_events or 20, _MAX_PREVIEW_EVENTS),
+            who, proposal, max_events=min(request.max_events or 20, _MAX_PREVIEW_EVENTS)
         )
         return rollout_convert.impact_pb(impact)
+
+    async def CompareReadModels(  # noqa: N802 (gRPC method name)
+        self, request: rollout_pb2.CompareReadModelsRequest, context: Context
+    ) -> AsyncIterator[rollout_pb2.CompareReadModelsResponse]:
+        """V1 against V2 per guest, then a summary (service_role only)."""
+        who = convert.principal(self._auth, context)
+        violations: list[FieldViolation] = []
+        event = convert.uuid_field(request.event_id, "event_id", violations)
+        user = (
+            convert.uuid_field(request.user_id, "user_id", violations) if request.user_id else None
+        )
+        if violations or event is None:
+            raise InvalidArgument.of(*violations)
+        # Each batch may take longer than a page; the caller's deadline bounds the whole.
+        budget = Budget.of(_COMPARE_BATCH_S, context.time_remaining())
+        async for item in self._comparison.compare(who, event, user, budget):
+            yield compare_convert.comparison_pb(item)
+
+    async def GetGuardStatus(  # noqa: N802 (gRPC method name)
+        self, request: rollout_pb2.GetGuardStatusRequest, context: Context
+    ) -> rollout_pb2.GetGuardStatusResponse:
+        """This replica's guard: signals, thresholds, requests, the last action."""
+        who = convert.principal(self._auth, context)
+        require_service(who, "GetGuardStatus")
+        last = await self._admin.last_change_by(self._guard.actor.split("@")[0] + "@")
+        return compare_convert.guard_status_pb(self._guard.status(), self._guard.replica, last)

@@ -11,7 +11,7 @@ from guestfeed.v1 import feed_pb2, rollout_pb2
 
 from ..domain.errors import FieldViolation
 from ..domain.model import ReadModel
-from ..rollout import HashVersion, Reason, RolloutConfig
+from ..rollout import GuardConfig, HashVersion, Proposal, Reason, RolloutConfig
 from ..rollout.preview import Impact
 from ..rollout.store import Change
 from .convert import read_model_pb
@@ -44,6 +44,8 @@ def config_pb(config: RolloutConfig) -> rollout_pb2.RolloutConfig:
         hash_version=_HASHES[config.hash_version],
         revision=config.revision,
         updated_by=config.updated_by,
+        shadow_sample_rate=config.shadow_sample_rate,
+        guard=guard_pb(config.guard),
     )
     if config.updated_at is not None:
         ts = Timestamp()
@@ -52,12 +54,25 @@ def config_pb(config: RolloutConfig) -> rollout_pb2.RolloutConfig:
     return pb
 
 
+def guard_pb(guard: GuardConfig) -> rollout_pb2.GuardConfig:
+    """Maps the guard's settings to their proto."""
+    return rollout_pb2.GuardConfig(
+        enabled=guard.enabled,
+        window_seconds=guard.window_s,
+        min_requests=guard.min_requests,
+        max_error_share=guard.max_error_share,
+        max_avg_latency_ms=guard.max_avg_latency_ms,
+        max_p95_latency_ms=guard.max_p95_latency_ms,
+        act_on_shadow_v1_only=guard.act_on_shadow_v1_only,
+    )
+
+
 def proposed_config(
     pb: rollout_pb2.RolloutConfig, *, has_config: bool, violations: list[FieldViolation]
-) -> tuple[RolloutConfig, HashVersion | None]:
+) -> Proposal:
     """Reads a proposed config, recording a violation for every bad field (the
-    caller raises once, with those of the other fields too). The hash version
-    is None when left UNSPECIFIED."""
+    caller raises once, with those of the other fields too). Fields left unset
+    (hash_version UNSPECIFIED, shadow_sample_rate, guard) keep the stored ones."""
     if not has_config:
         violations.append(FieldViolation("config", "is required", "REQUIRED"))
     if not 0 <= pb.v2_percentage <= 100:
@@ -81,13 +96,39 @@ def proposed_config(
                     "UNKNOWN_ENUM_VALUE",
                 )
             )
-    config = RolloutConfig(
+    rate: float | None = None
+    if pb.HasField("shadow_sample_rate"):
+        rate = pb.shadow_sample_rate
+        if not 0.0 <= rate <= 1.0:
+            violations.append(
+                FieldViolation(
+                    "config.shadow_sample_rate",
+                    f"must be a fraction from 0 to 1, got {rate}",
+                    "RATE_OUT_OF_RANGE",
+                )
+            )
+    guard: GuardConfig | None = None
+    if pb.HasField("guard"):
+        g = pb.guard
+        guard = GuardConfig(
+            enabled=g.enabled,
+            window_s=g.window_seconds,
+            min_requests=g.min_requests,
+            max_error_share=g.max_error_share,
+            max_avg_latency_ms=g.max_avg_latency_ms,
+            max_p95_latency_ms=g.max_p95_latency_ms,
+            act_on_shadow_v1_only=g.act_on_shadow_v1_only,
+        )
+        violations.extend(guard.violations())
+    return Proposal(
         v2_enabled=pb.v2_enabled,
         v2_percentage=pb.v2_percentage,
         user_overrides=users,
         event_overrides=events,
+        hash_version=hash_version,
+        shadow_sample_rate=rate,
+        guard=guard,
     )
-    return config, hash_version
 
 
 def _overrides(

@@ -19,6 +19,8 @@ from ..auth import Authenticator
 from ..feed import FeedReader
 from ..rollout import RolloutPolicy
 from ..rollout.admin import RolloutAdmin
+from ..rollout.compare import ReadModelComparison
+from ..rollout.guard import Guard
 from ..telemetry import Telemetry
 from .errors import ErrorMappingInterceptor
 from .feed import GuestFeedServicer
@@ -53,6 +55,8 @@ def build_server(
     reader: FeedReader,
     policy: RolloutPolicy,
     admin: RolloutAdmin,
+    comparison: ReadModelComparison,
+    guard: Guard,
     health: DatabaseHealth,
     telemetry: Telemetry,
 ) -> grpc.aio.Server:
@@ -73,7 +77,7 @@ def build_server(
     )
     feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(GuestFeedServicer(auth, reader), server)
     rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
-        RolloutServicer(auth, policy, admin), server
+        RolloutServicer(auth, policy, admin, comparison, guard), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(

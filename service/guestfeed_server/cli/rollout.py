@@ -23,6 +23,7 @@ from ..auth import Role, mint
 from ..auth.keyring import embedded_secret
 from ..settings import ConfigError, Settings, parse_listen
 from . import rollout_commands as commands
+from . import rollout_safety
 from .rollout_commands import Command, Console
 
 TOKEN_TTL_S = 300
@@ -40,10 +41,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rollout.set_defaults(func=run)
     cmds = rollout.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
 
-    def command(name: str, fn: Command, help_: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, fn: Command, help_: str, *, token_user: bool = True
+    ) -> argparse.ArgumentParser:
         p = cmds.add_parser(name, help=help_, description=help_)
         # Accepted after the subcommand too; SUPPRESS keeps a value given before it.
-        _connection_options(p, suppress=True)
+        # (`compare --user` names a guest: there the token's sub goes before it.)
+        _connection_options(p, suppress=True, token_user=token_user)
         p.set_defaults(rollout_run=fn)
         return p
 
@@ -79,9 +83,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             help=f"propose an override for this {kind} (repeatable)",
         )
     p.add_argument("--max-events", type=_positive, default=20, metavar="N", help="default 20")
+    rollout_safety.register(command, _reason)
 
 
-def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+def _connection_options(
+    p: argparse.ArgumentParser, *, suppress: bool, token_user: bool = True
+) -> None:
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
@@ -94,13 +101,14 @@ def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
     p.add_argument(
         "--token", default=default(None), help="a service_role JWT to use instead of minting one"
     )
-    p.add_argument(
-        "--user",
-        type=uuid.UUID,
-        default=default(None),
-        metavar="UUID",
-        help="the minted token's sub, which the audit log records (default: from your login)",
-    )
+    if token_user:
+        p.add_argument(
+            "--user",
+            type=uuid.UUID,
+            default=default(None),
+            metavar="UUID",
+            help="the minted token's sub, which the audit log records (default: from your login)",
+        )
     p.add_argument(
         "--json", action="store_true", default=default(False), help="machine-readable output"
     )

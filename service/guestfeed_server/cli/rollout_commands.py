@@ -60,22 +60,22 @@ async def set_percentage(ns: argparse.Namespace, client: GuestFeedClient, consol
     def change(c: Config) -> None:
         c.v2_percentage = ns.percentage
 
-    return await _write(ns, client, console, change)
+    return await write(ns, client, console, change)
 
 
 async def enable(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
-    return await _write(ns, client, console, lambda c: setattr(c, "v2_enabled", True))
+    return await write(ns, client, console, lambda c: setattr(c, "v2_enabled", True))
 
 
 async def kill(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
-    return await _write(ns, client, console, lambda c: setattr(c, "v2_enabled", False))
+    return await write(ns, client, console, lambda c: setattr(c, "v2_enabled", False))
 
 
 async def override(ns: argparse.Namespace, client: GuestFeedClient, console: Console) -> int:
     def change(c: Config) -> None:
         apply_override(c, ns.kind, str(ns.id), ns.model)
 
-    return await _write(ns, client, console, change)
+    return await write(ns, client, console, change)
 
 
 def apply_override(config: Config, kind: str, key: str, model: str) -> None:
@@ -86,7 +86,7 @@ def apply_override(config: Config, kind: str, key: str, model: str) -> None:
         overrides[key] = MODELS[model]
 
 
-async def _write(
+async def write(
     ns: argparse.Namespace,
     client: GuestFeedClient,
     console: Console,

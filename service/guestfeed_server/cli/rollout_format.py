@@ -35,6 +35,8 @@ def format_config(config: Config) -> str:
                 ["v2 enabled", "yes" if config.v2_enabled else "no (kill switch on: all v1)"],
                 ["v2 percentage", f"{config.v2_percentage}%"],
                 ["hash version", _hash_name(config.hash_version)],
+                ["shadow reads", f"{config.shadow_sample_rate:g} of V1 first pages"],
+                ["guard", guard_line(config.guard)],
                 ["updated at", when(config.updated_at)],
                 ["updated by", config.updated_by],
             ],
@@ -60,7 +62,36 @@ def config_dict(config: Config) -> dict[str, Any]:
         "revision": config.revision,
         "updated_at": iso(config.updated_at),
         "updated_by": config.updated_by,
+        "shadow_sample_rate": config.shadow_sample_rate,
+        "guard": guard_dict(config.guard),
     }
+
+
+def guard_dict(guard: rollout_pb2.GuardConfig) -> dict[str, Any]:
+    """The guard's settings as plain JSON values."""
+    return {
+        "enabled": guard.enabled,
+        "window_seconds": guard.window_seconds,
+        "min_requests": guard.min_requests,
+        "max_error_share": guard.max_error_share,
+        "max_avg_latency_ms": guard.max_avg_latency_ms,
+        "max_p95_latency_ms": guard.max_p95_latency_ms,
+        "act_on_shadow_v1_only": guard.act_on_shadow_v1_only,
+    }
+
+
+def guard_line(guard: rollout_pb2.GuardConfig) -> str:
+    """The guard's settings on one line."""
+    if not guard.enabled:
+        state = "paused"
+    else:
+        state = "on"
+    p95 = f"{guard.max_p95_latency_ms:g} ms" if guard.max_p95_latency_ms else "watched"
+    return (
+        f"{state}: window {guard.window_seconds}s, min {guard.min_requests} requests, "
+        f"errors > {guard.max_error_share:g}, avg > {guard.max_avg_latency_ms:g} ms, "
+        f"p95 > {p95}, shadow v1-only: {'act' if guard.act_on_shadow_v1_only else 'watch'}"
+    )
 
 
 def config_diff(before: Config, after: Config) -> list[str]:
@@ -70,6 +101,11 @@ def config_diff(before: Config, after: Config) -> list[str]:
         out.append(f"enabled {_yes(before.v2_enabled)}->{_yes(after.v2_enabled)}")
     if before.v2_percentage != after.v2_percentage:
         out.append(f"percentage {before.v2_percentage}->{after.v2_percentage}")
+    if before.shadow_sample_rate != after.shadow_sample_rate:
+        out.append(f"shadow rate {before.shadow_sample_rate:g}->{after.shadow_sample_rate:g}")
+    if before.guard != after.guard:
+        g0, g1 = guard_dict(before.guard), guard_dict(after.guard)
+        out += [f"guard {k} {g0[k]}->{g1[k]}" for k in g0 if g0[k] != g1[k]]
     if before.hash_version != after.hash_version:
         out.append(f"hash {_hash_name(before.hash_version)}->{_hash_name(after.hash_version)}")
     for kind, old, new in (

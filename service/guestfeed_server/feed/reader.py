@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from ..auth import Principal
 from ..domain.budget import Budget
-from ..domain.errors import PermissionDenied
+from ..domain.errors import DeadlineExceeded, GuestFeedError, PermissionDenied, Unavailable
 from ..domain.model import Cursor, FeedMessage, ReadModel
+from ..domain.signals import PageOutcome
 from ..rollout import RolloutPolicy
 from ..storage import FeedStore
 from ..telemetry import record
 from .choice import ModelChoice, choose
-from .consistency import ConsistencySampler
 from .query import FeedQuery
+from .shadow import ShadowReads
 from .tokens import PageTokens, TokenScope
 
 # The RPC's `context.time_remaining`: seconds left, None without a deadline.
@@ -55,13 +57,16 @@ class FeedReader:
         tokens: PageTokens,
         *,
         query_timeout_s: float,
-        sampler: ConsistencySampler | None = None,
+        shadow: ShadowReads | None = None,
+        observe: Callable[[PageOutcome], None] | None = None,
     ) -> None:
         self._stores = stores
         self._rollout = rollout
         self._tokens = tokens
         self._query_timeout = query_timeout_s
-        self._sampler = sampler
+        self._shadow = shadow
+        # Told of every page read that ended well or failed on our side (the guard).
+        self._observe = observe
 
     def _start(
         self, who: Principal, query: FeedQuery
@@ -127,19 +132,26 @@ class FeedReader:
         time_remaining: Remaining,
     ) -> FeedPage:
         budget = Budget.of(self._query_timeout, time_remaining() if time_remaining else None)
-        # One row more than asked tells whether another page exists, so the
-        # last page carries no token and no empty page is ever served.
-        read = await self._stores[choice.read_model].read(
-            query.event_id, user, cursor, size + 1, budget
-        )
+        started = time.perf_counter()
+        try:
+            # One row more than asked tells whether another page exists, so the
+            # last page carries no token and no empty page is ever served.
+            read = await self._stores[choice.read_model].read(
+                query.event_id, user, cursor, size + 1, budget
+            )
+        except Exception as exc:
+            if _server_side(exc):
+                self._outcome(query.event_id, choice.read_model, started, failed=True)
+            raise
+        self._outcome(query.event_id, choice.read_model, started, failed=False)
         if read.viewer is None:
             raise PermissionDenied(
                 "you are not an active guest of this event",
                 "NOT_EVENT_GUEST",
                 {"event_id": str(query.event_id)},
             )
-        if cursor is None and self._sampler is not None:
-            self._sampler.maybe_check(read.viewer)
+        if cursor is None and choice.read_model is ReadModel.V1 and self._shadow is not None:
+            self._shadow.maybe_read(read.viewer, read.messages, size + 1)
         messages = read.messages[:size]
         token = ""
         if len(read.messages) > size and messages:
@@ -153,3 +165,15 @@ class FeedReader:
             page_size=query.page_size,
         )
         return FeedPage(messages, token, choice)
+
+    def _outcome(
+        self, event_id: uuid.UUID, model: ReadModel, started: float, *, failed: bool
+    ) -> None:
+        if self._observe is not None:
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._observe(PageOutcome(event_id, model, latency_ms, failed))
+
+
+def _server_side(exc: Exception) -> bool:
+    """A failure that says the read model is unwell (not a caller's mistake)."""
+    return isinstance(exc, Unavailable | DeadlineExceeded) or not isinstance(exc, GuestFeedError)

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from ..auth import Principal
 from ..domain.budget import Budget
-from ..domain.errors import FieldViolation, InvalidArgument, PermissionDenied
+from ..domain.errors import Aborted, FieldViolation, InvalidArgument, PermissionDenied
 from ..storage import Database
 from . import store
-from .config import HashVersion, RolloutConfig
+from .config import Proposal, RolloutConfig
 from .preview import Impact, preview
 
 _TOKEN = struct.Struct(">Bq")  # version, revision to continue below
@@ -55,28 +55,63 @@ class RolloutAdmin:
     async def update(
         self,
         who: Principal,
-        proposed: RolloutConfig,
+        proposal: Proposal,
         *,
-        hash_version: HashVersion | None,
         expected_revision: int,
         reason: str,
     ) -> RolloutConfig:
         """Replaces the config if `expected_revision` is current (else Aborted)."""
         require_service(who, "UpdateRolloutConfig")
         async with self._db.acquire(Budget(self._timeout)) as conn:
-            if hash_version is None:
-                hash_version = (await store.load(conn, timeout=self._timeout)).hash_version
+            current = await store.load(conn, timeout=self._timeout)
             new = await store.update(
                 conn,
-                proposed.with_changes(hash_version=hash_version),
+                proposal.over(current),
                 expected_revision=expected_revision,
                 actor=actor(who),
                 reason=reason,
                 timeout=self._timeout,
             )
+        self._adopt(new)
+        return new
+
+    async def apply(
+        self,
+        actor_name: str,
+        change: Callable[[RolloutConfig], RolloutConfig | None],
+        reason: str,
+        *,
+        attempts: int = 3,
+    ) -> RolloutConfig | None:
+        """Read-modify-write through the same audited, optimistic path as a
+        person's change (the guard's way in): `change` says what the current
+        config should become, or None when nothing needs changing. A writer
+        who came first makes it re-read and ask again, so replicas racing on
+        one breach produce one change. Returns the new config, or None."""
+        for _ in range(attempts):
+            async with self._db.acquire(Budget(self._timeout)) as conn:
+                current = await store.load(conn, timeout=self._timeout)
+                proposed = change(current)
+                if proposed is None:
+                    return None
+                try:
+                    new = await store.update(
+                        conn,
+                        proposed,
+                        expected_revision=current.revision,
+                        actor=actor_name,
+                        reason=reason,
+                        timeout=self._timeout,
+                    )
+                except Aborted:
+                    continue
+            self._adopt(new)
+            return new
+        return None
+
+    def _adopt(self, new: RolloutConfig) -> None:
         if self._applied is not None:
             self._applied(new)
-        return new
 
     async def changes(
         self, who: Principal, *, page_size: int, page_token: str
@@ -92,14 +127,12 @@ class RolloutAdmin:
         token = _encode(page[-1].revision) if len(rows) > page_size and page else ""
         return page, token
 
-    async def preview(
-        self,
-        who: Principal,
-        proposed: RolloutConfig,
-        *,
-        hash_version: HashVersion | None,
-        max_events: int,
-    ) -> Impact:
+    async def last_change_by(self, prefix: str) -> store.Change | None:
+        """The newest audit entry by an author starting with `prefix`."""
+        async with self._db.acquire(Budget(self._timeout)) as conn:
+            return await store.last_change_by(conn, prefix, timeout=self._timeout)
+
+    async def preview(self, who: Principal, proposal: Proposal, *, max_events: int) -> Impact:
         """The impact of a proposal against the stored config; writes nothing."""
         require_service(who, "PreviewRolloutChange")
         async with self._db.acquire(Budget(self._timeout)) as conn:
@@ -107,7 +140,7 @@ class RolloutAdmin:
             return await preview(
                 conn,
                 current,
-                proposed.with_changes(hash_version=hash_version or current.hash_version),
+                proposal.over(current),
                 deploy_v2_allowed=self._deploy,
                 max_events=max_events,
             )

@@ -13,16 +13,14 @@ import asyncpg
 from ..domain.errors import Aborted
 from ..domain.model import ReadModel
 from ..storage.pgtypes import Conn
-from .config import HashVersion, RolloutConfig
+from .config import GuardConfig, HashVersion, RolloutConfig
 
 # Every replica LISTENs here; the payload is the new revision.
 CHANNEL = "guestfeed_rollout"
 
-_SELECT = """
-SELECT v2_enabled, v2_percentage, user_overrides::text, event_overrides::text,
-       hash_version, revision, updated_at, updated_by
-  FROM guestfeed.rollout_config WHERE id = 1
-"""
+_COLUMNS = """v2_enabled, v2_percentage, user_overrides::text, event_overrides::text,
+       hash_version, revision, updated_at, updated_by, shadow_sample_rate, guard::text"""
+_SELECT = f"SELECT {_COLUMNS} FROM guestfeed.rollout_config WHERE id = 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +45,8 @@ def _config(row: asyncpg.Record) -> RolloutConfig:
         revision=row["revision"],
         updated_at=row["updated_at"],
         updated_by=row["updated_by"],
+        shadow_sample_rate=row["shadow_sample_rate"],
+        guard=GuardConfig.from_json(json.loads(row["guard"])),
     )
 
 
@@ -95,15 +95,15 @@ async def update(
                 {"current_revision": str(before.revision)},
             )
         row = await conn.fetchrow(
-            """
+            f"""
             UPDATE guestfeed.rollout_config
                SET v2_enabled = $1, v2_percentage = $2,
                    user_overrides = $3::jsonb, event_overrides = $4::jsonb,
                    hash_version = $5, revision = revision + 1,
-                   updated_at = now(), updated_by = $6
+                   updated_at = now(), updated_by = $6,
+                   shadow_sample_rate = $7, guard = $8::jsonb
              WHERE id = 1
-            RETURNING v2_enabled, v2_percentage, user_overrides::text, event_overrides::text,
-                      hash_version, revision, updated_at, updated_by
+            RETURNING {_COLUMNS}
             """,
             proposed.v2_enabled,
             proposed.v2_percentage,
@@ -111,6 +111,8 @@ async def update(
             _overrides_json(proposed.event_overrides),
             proposed.hash_version.value,
             actor,
+            proposed.shadow_sample_rate,
+            json.dumps(proposed.guard.to_json()),
             timeout=timeout,
         )
         assert row is not None
@@ -131,6 +133,22 @@ async def update(
     return after
 
 
+async def last_change_by(conn: Conn, prefix: str, *, timeout: float | None = None) -> Change | None:
+    """The newest audit entry whose author starts with `prefix` (the guard's: "guard@")."""
+    rows = await conn.fetch(
+        """
+        SELECT revision, changed_at, changed_by, reason, before::text, after::text
+          FROM guestfeed.rollout_changes
+         WHERE starts_with(changed_by, $1)
+         ORDER BY revision DESC
+         LIMIT 1
+        """,
+        prefix,
+        timeout=timeout,
+    )
+    return _changes(rows)[0] if rows else None
+
+
 async def changes(
     conn: Conn, *, below_revision: int | None, limit: int, timeout: float | None = None
 ) -> list[Change]:
@@ -147,6 +165,10 @@ async def changes(
         limit,
         timeout=timeout,
     )
+    return _changes(rows)
+
+
+def _changes(rows: list[asyncpg.Record]) -> list[Change]:
     return [
         Change(
             revision=r["revision"],

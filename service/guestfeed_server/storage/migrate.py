@@ -125,6 +125,17 @@ CREATE TABLE IF NOT EXISTS guestfeed.rollout_changes (
 );
 """,
     ),
+    (
+        "0009",
+        "shadow reads and the auto-rollback guard in the rollout config",
+        """
+ALTER TABLE guestfeed.rollout_config
+    ADD COLUMN IF NOT EXISTS shadow_sample_rate double precision NOT NULL DEFAULT 0
+        CHECK (shadow_sample_rate BETWEEN 0 AND 1),
+    -- The guard's settings; keys missing here take the service's defaults.
+    ADD COLUMN IF NOT EXISTS guard jsonb NOT NULL DEFAULT '{}';
+""",
+    ),
 )
 
 

@@ -50,21 +50,11 @@ class Metrics:
             unit="{decision}",
             description="Rollout answers, by read model and deciding rule",
         )
-        self.consistency_difference = meter.create_histogram(
-            "guestfeed.consistency.count_difference",
-            unit="{message}",
-            description="v2 count minus v1 count over the same feed window, where compared",
-            explicit_bucket_boundaries_advisory=(-50, -10, -5, -1, 0, 1, 5, 10, 50, 100),
-        )
-        self.consistency_missing = meter.create_counter(
-            "guestfeed.consistency.missing_in_v2",
-            unit="{message}",
-            description="Messages v1 shows that v2 does not, over the compared windows",
-        )
-        self.consistency_checks = meter.create_counter(
-            "guestfeed.consistency.checks",
-            unit="{check}",
-            description="v1/v2 comparisons run",
+        self.shadow_reads = meter.create_counter(
+            "guestfeed.shadow.reads",
+            unit="{read}",
+            description="Shadow reads of V2 beside V1 first pages, by result "
+            "(match, v1_only, v2_only, dropped, error)",
         )
         meter.create_observable_up_down_counter(
             "guestfeed.db.pool.connections",
