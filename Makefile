@@ -13,7 +13,7 @@ help:
 	@echo "make test      run the whole test suite"
 	@echo "make lint      ruff, mypy --strict, buf lint, generated code freshness"
 	@echo "make generate  regenerate generated/ from protos/"
-	@echo "make bench     read-path benchmark, every scale (minutes); writes bench-results/feed.json"
+	@echo "make bench     read-path benchmark, every scale, and the 2,000-guest comparison (minutes)"
 
 # One venv, rebuilt when the pins change. constraints.txt pins the transitive set.
 $(STAMP): pyproject.toml constraints.txt
@@ -50,6 +50,7 @@ check-generated: $(STAMP)
 # every scale in one run on a temporary embedded PostgreSQL, a few minutes.
 bench: $(STAMP)
 	$(BIN)/python -m bench feed --scale all --json bench-results/feed.json
+	$(BIN)/python -m bench compare
 
 migrate: $(STAMP)
 	$(BIN)/guestfeed migrate

@@ -63,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--explain", action="store_true", help="also print EXPLAIN ANALYZE of our page queries"
     )
     feed.set_defaults(func=_feed)
+    compare = kinds.add_parser(
+        "compare", help="CompareReadModels on a 2,000-guest, 2,000-message event, timed"
+    )
+    _dsn(compare)
+    compare.add_argument("--guests", type=int, default=2000, help="default 2000")
+    compare.add_argument("--messages", type=int, default=2000, help="default 2000")
+    compare.add_argument("--runs", type=int, default=3, help="default 3")
+    compare.set_defaults(func=_compare)
     ns = parser.parse_args(argv)
     result: int = ns.func(ns)
     return result
@@ -83,6 +91,15 @@ def _propagation(ns: argparse.Namespace) -> int:
         raise SystemExit("python -m bench propagation: --flips must be >= 1")
     result = asyncio.run(propagation.run(ns.flips, ns.dsn))
     print(propagation.report(result, ns.json))
+    return 0
+
+
+def _compare(ns: argparse.Namespace) -> int:
+    from . import compare
+
+    if min(ns.guests, ns.messages, ns.runs) < 1:
+        raise SystemExit("python -m bench compare: --guests, --messages and --runs must be >= 1")
+    print(compare.main_sync(ns.dsn, ns.guests, ns.messages, ns.runs))
     return 0
 
 

@@ -670,3 +670,79 @@ class TestHelpers:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
         assert proc.returncode == 0
         assert json.loads(out)["revision"] == 1
+
+
+class TestCompare:
+    async def test_table_lists_guests_with_v1_only_messages_first_and_a_summary(
+        self, rig: Rig
+    ) -> None:
+        """`compare --event` prints per-guest counts (the one losing a message first), the
+        hidden message with its reason, and a one-line summary."""
+        w = rig.world
+        event = await w.event()
+        fine, fine_row = await w.member(event)
+        moved, moved_row = await w.member(event, tags=["vip"])
+        ann = await w.message(event, "announcement")
+        for user, row in ((fine, fine_row), (moved, moved_row)):
+            await w.deliver(ann, guest_id=row, user_id=user)
+        chan = await w.channel(event, ["vip"])
+        await w.deliver(chan, guest_id=moved_row, user_id=moved)
+        await w.pool.execute(
+            "UPDATE public.event_guests SET guest_tags = '{}' WHERE id = $1", moved_row
+        )
+        result = await rig.cli("compare", "--event", str(event))
+        assert (result.code, result.err) == (0, ""), result
+        lines = result.out.splitlines()
+        assert lines[0].split() == ["USER", "V1", "V2", "COMMON", "V1", "ONLY", "V2", "ONLY"]
+        assert lines[1].split()[:5] == [str(moved), "2", "1", "1", "1"]
+        assert lines[2].split()[:5] == [str(fine), "1", "1", "1", "0"]
+        assert "messages V1 shows and V2 hides:" in result.out
+        hidden = next(line for line in lines if str(chan) in line)
+        assert "tags_no_longer_match" in hidden and "[vip]" in hidden
+        assert lines[-1].startswith("2 guests compared in ")
+        assert "1 with V1-only messages, 1 in all (tags_no_longer_match 1)" in lines[-1]
+
+    async def test_json_holds_every_guest_and_the_summary(self, rig: Rig) -> None:
+        """--json: guests with counts, their hidden messages, and the summary, parseable."""
+        w = rig.world
+        event = await w.event()
+        user, row = await w.member(event)
+        chan = await w.message(event, "channel")
+        await w.deliver(chan, guest_id=row, user_id=user)
+        result = await rig.cli("compare", "--event", str(event), "--user", str(user), "--json")
+        assert result.code == 0, result
+        data = result.json()
+        assert isinstance(data, dict)
+        (guest,) = data["guests"]
+        assert (guest["user_id"], guest["v1_count"], guest["v2_count"]) == (str(user), 1, 0)
+        assert guest["v1_only"][0]["reason"] == "channel_without_scheduled_message"
+        assert data["summary"]["v1_only_by_reason"] == {"channel_without_scheduled_message": 1}
+
+    async def test_an_unknown_event_is_not_found(self, rig: Rig) -> None:
+        """A missing event: NOT_FOUND on stderr, exit 1."""
+        result = await rig.cli("compare", "--event", str(uuid.uuid4()))
+        assert_clean_failure(result, 1)
+        assert "NOT_FOUND" in result.err
+
+
+class TestShadowAndGuard:
+    async def test_shadow_rate_and_guard_settings_are_audited_changes(self, rig: Rig) -> None:
+        """`shadow --rate` and `guard pause|set` write revisions with reasons; `guard status`
+        shows the guard."""
+        result = await rig.cli("shadow", "--rate", "0.1", "--reason", "start shadowing")
+        assert result.code == 0, result
+        assert "shadow rate 0->0.1" in result.out
+        result = await rig.cli("guard", "set", "--window", "30", "--reason", "tighter")
+        assert result.code == 0 and "guard window_seconds 60->30" in result.out, result
+        result = await rig.cli("guard", "pause", "--reason", "maintenance")
+        assert result.code == 0 and "guard enabled True->False" in result.out, result
+        cfg = await rig.config()
+        assert (cfg.shadow_sample_rate, cfg.guard.window_seconds, cfg.guard.enabled) == (
+            0.1,
+            30,
+            False,
+        )
+        status = await rig.cli("guard", "status")
+        assert status.code == 0, status
+        assert "paused" in status.out and "last action: none" in status.out
+        assert (await rig.cli("guard", "resume")).code == 2  # no --reason

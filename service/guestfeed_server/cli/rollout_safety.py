@@ -14,6 +14,8 @@ from guestfeed_client import GuestFeedClient
 from .rollout_commands import PROG, Console, write
 from .rollout_format import Config, table, when
 
+# Events with this many guests or more report progress, every this many guests.
+_PROGRESS_FROM = 100
 _TYPE = {
     feed_pb2.MESSAGE_TYPE_DIRECT: "direct",
     feed_pb2.MESSAGE_TYPE_ANNOUNCEMENT: "announcement",
@@ -55,8 +57,8 @@ async def compare(ns: argparse.Namespace, client: GuestFeedClient, console: Cons
             continue
         guests.append(response.guest)
         done, total = len(guests), response.guest.guests_total
-        if not console.json and (done % 100 == 0 or done == total) and total > 1:
-            # Progress for long events: stderr, so the report itself stays clean.
+        if total >= _PROGRESS_FROM and (done % _PROGRESS_FROM == 0 or done == total):
+            # Progress for long events: stderr, so the report (or JSON) stays clean.
             print(f"{PROG} compare: compared {done}/{total} guests", file=sys.stderr)
     assert summary is not None
     guests.sort(key=lambda g: (not g.v1_only, g.user_id))

@@ -62,7 +62,7 @@ WITH viewer AS (
      WHERE d.user_id = ANY($2::uuid[])
     UNION
     SELECT m.sender_user_id, m.id FROM msg m WHERE m.sender_user_id = ANY($2::uuid[])
-), judged AS (
+), judged AS NOT MATERIALIZED (
     SELECT v1.user_id, m.id, m.type, m.created_at, m.scheduled_message_id, m.sm_id,
            m.targets, vw.tags, vw.guest_ids,
            COALESCE(m.sender_user_id = v1.user_id, false)
@@ -77,62 +77,68 @@ WITH viewer AS (
       FROM v1
       JOIN msg m ON m.id = v1.id
       JOIN viewer vw ON vw.user_id = v1.user_id
-), counts AS (
-    SELECT user_id, count(*) AS v1_count, count(*) FILTER (WHERE in_v2) AS common
-      FROM judged GROUP BY user_id
-), extra AS (
-    -- What V2 shows beyond V1: every announcement, channels whose targets
-    -- the guest's tags meet, directs delivered to one of their guest rows.
-    SELECT vw.user_id, jsonb_object_agg(x.type, x.n) AS by_type
+), v2_extra AS (
+    -- What V2 shows beyond V1, as (user, message) pairs: every announcement,
+    -- the channels whose targets the guest's tags meet, and directs
+    -- delivered to one of their guest rows (deliveries to their user id are
+    -- V1's already). Their own messages are in V1. The branches cannot
+    -- overlap (by type), so only the direct one needs de-duplicating.
+    SELECT vw.user_id, m.id, m.type
       FROM viewer vw
-      CROSS JOIN LATERAL (
-            SELECT m.type, count(*) AS n
-              FROM msg m
-             WHERE (m.type = 'announcement'
-                    OR (m.type = 'channel' AND m.sm_id IS NOT NULL
-                        AND (COALESCE(cardinality(m.targets), 0) = 0 OR m.targets && vw.tags))
-                    OR (m.type = 'direct' AND EXISTS (
-                            SELECT FROM public.message_deliveries d
-                             WHERE d.message_id = m.id
-                               AND (d.user_id = vw.user_id OR d.guest_id = ANY(vw.guest_ids)))))
-               AND NOT EXISTS (SELECT FROM v1 WHERE v1.user_id = vw.user_id AND v1.id = m.id)
-             GROUP BY m.type) x
-     GROUP BY vw.user_id
-), hidden AS (
-    -- Each message V1 shows and V2 hides, with the facts behind it.
-    SELECT j.user_id, jsonb_agg(jsonb_build_object(
+      JOIN msg m ON m.type = 'announcement'
+                 OR (m.type = 'channel' AND m.sm_id IS NOT NULL
+                     AND (COALESCE(cardinality(m.targets), 0) = 0 OR m.targets && vw.tags))
+    UNION ALL
+    SELECT DISTINCT vw.user_id, m.id, m.type
+      FROM viewer vw
+     CROSS JOIN LATERAL unnest(vw.guest_ids) AS row_id
+      JOIN public.message_deliveries d ON d.guest_id = row_id
+      JOIN msg m ON m.id = d.message_id AND m.type = 'direct'
+), extra AS (
+    SELECT x.user_id, jsonb_object_agg(x.type, x.n) AS by_type
+      FROM (SELECT e.user_id, e.type, count(*) AS n
+              FROM v2_extra e
+              LEFT JOIN v1 ON v1.user_id = e.user_id AND v1.id = e.id
+             WHERE v1.id IS NULL
+             GROUP BY e.user_id, e.type) x
+     GROUP BY x.user_id
+), judged_by_user AS (
+    -- One pass over the judged pairs: the counts, and each message V1 shows
+    -- and V2 hides with the facts behind it (deliveries to removed rows for
+    -- channels, the deliveries themselves for directs).
+    SELECT j.user_id,
+           count(*) AS v1_count,
+           count(*) FILTER (WHERE j.in_v2) AS common,
+           jsonb_agg(jsonb_build_object(
                'id', j.id, 'type', j.type, 'created_at', j.created_at,
                'scheduled_message_id', j.scheduled_message_id,
                'scheduled_found', j.sm_id IS NOT NULL,
                'targets', j.targets, 'tags', j.tags,
-               'removed_rows', (
+               'removed_rows', CASE WHEN j.type = 'channel' THEN (
                    SELECT COALESCE(jsonb_agg(jsonb_build_object(
-                              'guest_id', g.id, 'removed_at', g.removed_at,
-                              'tags', g.guest_tags)), '[]')
+                              'guest_id', g.id, 'tags', g.guest_tags)), '[]')
                      FROM public.message_deliveries d
                      JOIN public.event_guests g ON g.id = d.guest_id
                     WHERE d.message_id = j.id AND d.user_id = j.user_id
-                      AND g.removed_at IS NOT NULL),
-               'deliveries', (
+                      AND g.removed_at IS NOT NULL) ELSE '[]' END,
+               'deliveries', CASE WHEN j.type = 'direct' THEN (
                    SELECT COALESCE(jsonb_agg(jsonb_build_object(
                               'user_id', d.user_id, 'guest_id', d.guest_id)), '[]')
                      FROM (SELECT DISTINCT d.user_id, d.guest_id
                              FROM public.message_deliveries d
-                            WHERE d.message_id = j.id LIMIT 5) d)
-           ) ORDER BY j.created_at DESC, j.id DESC) AS v1_only
+                            WHERE d.message_id = j.id LIMIT 5) d) ELSE '[]' END
+           ) ORDER BY j.created_at DESC, j.id DESC) FILTER (WHERE NOT j.in_v2) AS v1_only
       FROM judged j
-     WHERE NOT j.in_v2
      GROUP BY j.user_id
 )
 SELECT vw.user_id,
        COALESCE(c.v1_count, 0) AS v1_count,
        COALESCE(c.common, 0) AS common,
        COALESCE(e.by_type, '{}')::text AS v2_only,
-       COALESCE(h.v1_only, '[]')::text AS v1_only
+       COALESCE(c.v1_only, '[]')::text AS v1_only
   FROM viewer vw
-  LEFT JOIN counts c ON c.user_id = vw.user_id
+  LEFT JOIN judged_by_user c ON c.user_id = vw.user_id
   LEFT JOIN extra e ON e.user_id = vw.user_id
-  LEFT JOIN hidden h ON h.user_id = vw.user_id
  ORDER BY vw.user_id
 """
 
