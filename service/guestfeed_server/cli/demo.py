@@ -76,6 +76,7 @@ def uid(name: str) -> uuid.UUID:
 EVENT_ID = uid("event")
 HOST_ID = uid("user:host")
 DEMO_GUEST_ID = uid("user:guest:0")
+_WORK_CHANNEL = uid(f"msg:{uid('sched:work')}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +246,8 @@ def _deliveries(
             if role == "host":
                 continue
             i = gi - 1
-            if mtype == "direct":
-                if mid != uid(f"msg:direct:{i}"):
-                    continue
-            elif mtype == "announcement" and n >= 3 and i % 4 == 1:
+            if not _sent_by_sms(mid, mtype, n, i):
                 continue
-            elif mtype == "channel":
-                continue  # channel sends predate deliveries in this demo
             phone = f"+1555020{gi:04d}"
             if (n + i) % 11 == 0:
                 rows.append((mid, gid, user_id, phone, "failed", f"SMfail{n}x{i}", at))
@@ -259,3 +255,16 @@ def _deliveries(
                 (mid, gid, user_id, phone, "delivered", f"SM{n}x{i}", at + timedelta(seconds=30))
             )
     return rows
+
+
+def _sent_by_sms(mid: uuid.UUID, mtype: str, n: int, i: int) -> bool:
+    """Whether the SMS pipeline sent message `mid` (the n-th) to guest i."""
+    if mtype == "direct":
+        return mid == uid(f"msg:direct:{i}")
+    if mtype == "announcement":
+        return n < 3 or i % 4 != 1
+    # Channel sends mostly predate deliveries in this demo. One went out by SMS
+    # to Sam (guest 1) while he was tagged "work"; he has since been retagged,
+    # so v1 shows it and v2 does not: the case `guestfeed rollout compare`
+    # explains (TAGS_NO_LONGER_MATCH).
+    return mid == _WORK_CHANNEL and i in (1, 4)
