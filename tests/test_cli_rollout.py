@@ -179,8 +179,8 @@ class TestStatus:
             "revision": 1,
             "updated_by": "guestfeed migrate",
             "shadow_sample_rate": 0.0,
+            "guard_enabled": True,
             "guard": {
-                "enabled": True,
                 "window_seconds": 60,
                 "min_requests": 20,
                 "max_error_share": 0.01,
@@ -735,9 +735,9 @@ class TestShadowAndGuard:
         result = await rig.cli("guard", "set", "--window", "30", "--reason", "tighter")
         assert result.code == 0 and "guard window_seconds 60->30" in result.out, result
         result = await rig.cli("guard", "pause", "--reason", "maintenance")
-        assert result.code == 0 and "guard enabled True->False" in result.out, result
+        assert result.code == 0 and "guard_enabled true->false" in result.out, result
         cfg = await rig.config()
-        assert (cfg.shadow_sample_rate, cfg.guard.window_seconds, cfg.guard.enabled) == (
+        assert (cfg.shadow_sample_rate, cfg.guard.window_seconds, cfg.guard_enabled) == (
             0.1,
             30,
             False,

@@ -36,7 +36,6 @@ FAST = {
 
 def guard_pb(**kw: object) -> R.GuardConfig:
     settings: dict[str, object] = {
-        "enabled": True,
         "window_seconds": 10,
         "min_requests": 5,
         "max_error_share": 0.01,
@@ -228,8 +227,8 @@ class TestNoDataNoDecision:
         assert not (await get_config(own.client)).v2_enabled
 
     async def test_a_paused_guard_watches_but_does_not_act(self, own: Own) -> None:
-        """guard.enabled false: the breach shows in the status and nothing is written."""
-        await update(own.client, 1, pb_config(pct=100, guard=guard_pb(enabled=False)))
+        """guard_enabled false: the breach shows in the status and nothing is written."""
+        await update(own.client, 1, pb_config(pct=100, guard=guard_pb(), guard_enabled=False))
         db = Database(own.pool)
         admin_ = RolloutAdmin(db, deploy_v2_allowed=True, query_timeout_s=5)
         async with own.pool.acquire() as conn:
@@ -266,6 +265,20 @@ class TestStatus:
                 R.GetGuardStatusRequest(), metadata=guarded.auth(pairs[0][1])
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+class TestPausing:
+    async def test_pausing_and_retuning_are_separate_fields(self, own: Own) -> None:
+        """guard_enabled alone keeps the thresholds; new thresholds alone keep it paused;
+        both unset keep both."""
+        cfg = await update(own.client, 1, pb_config(guard=guard_pb()))
+        assert cfg.guard_enabled and cfg.guard.window_seconds == 10
+        cfg = await update(own.client, 2, pb_config(guard_enabled=False))
+        assert not cfg.guard_enabled and cfg.guard.window_seconds == 10
+        cfg = await update(own.client, 3, pb_config(guard=guard_pb(window_seconds=30)))
+        assert not cfg.guard_enabled and cfg.guard.window_seconds == 30
+        cfg = await update(own.client, 4, pb_config(pct=5))
+        assert not cfg.guard_enabled and cfg.guard.window_seconds == 30
 
 
 async def _all_ok(c: Client, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> bool:

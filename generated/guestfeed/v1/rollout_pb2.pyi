@@ -72,7 +72,7 @@ class GetReadModelResponse(_message.Message):
     def __init__(self, read_model: _Optional[_Union[_feed_pb2.ReadModel, str]] = ..., bucket: _Optional[int] = ..., reason: _Optional[_Union[DecisionReason, str]] = ..., config_revision: _Optional[int] = ...) -> None: ...
 
 class RolloutConfig(_message.Message):
-    __slots__ = ("v2_enabled", "v2_percentage", "user_overrides", "event_overrides", "hash_version", "revision", "updated_at", "updated_by", "shadow_sample_rate", "guard")
+    __slots__ = ("v2_enabled", "v2_percentage", "user_overrides", "event_overrides", "hash_version", "revision", "updated_at", "updated_by", "shadow_sample_rate", "guard", "guard_enabled")
     class UserOverridesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class RolloutConfig(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     SHADOW_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
+    GUARD_ENABLED_FIELD_NUMBER: _ClassVar[int]
     v2_enabled: bool
     v2_percentage: int
     user_overrides: _containers.ScalarMap[str, _feed_pb2.ReadModel]
@@ -107,25 +108,24 @@ class RolloutConfig(_message.Message):
     updated_by: str
     shadow_sample_rate: float
     guard: GuardConfig
-    def __init__(self, v2_enabled: _Optional[bool] = ..., v2_percentage: _Optional[int] = ..., user_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., event_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., hash_version: _Optional[_Union[HashVersion, str]] = ..., revision: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., shadow_sample_rate: _Optional[float] = ..., guard: _Optional[_Union[GuardConfig, _Mapping]] = ...) -> None: ...
+    guard_enabled: bool
+    def __init__(self, v2_enabled: _Optional[bool] = ..., v2_percentage: _Optional[int] = ..., user_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., event_overrides: _Optional[_Mapping[str, _feed_pb2.ReadModel]] = ..., hash_version: _Optional[_Union[HashVersion, str]] = ..., revision: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., shadow_sample_rate: _Optional[float] = ..., guard: _Optional[_Union[GuardConfig, _Mapping]] = ..., guard_enabled: _Optional[bool] = ...) -> None: ...
 
 class GuardConfig(_message.Message):
-    __slots__ = ("enabled", "window_seconds", "min_requests", "max_error_share", "max_avg_latency_ms", "max_p95_latency_ms", "act_on_shadow_v1_only")
-    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("window_seconds", "min_requests", "max_error_share", "max_avg_latency_ms", "max_p95_latency_ms", "act_on_shadow_v1_only")
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_SHARE_FIELD_NUMBER: _ClassVar[int]
     MAX_AVG_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_P95_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ACT_ON_SHADOW_V1_ONLY_FIELD_NUMBER: _ClassVar[int]
-    enabled: bool
     window_seconds: int
     min_requests: int
     max_error_share: float
     max_avg_latency_ms: float
     max_p95_latency_ms: float
     act_on_shadow_v1_only: bool
-    def __init__(self, enabled: _Optional[bool] = ..., window_seconds: _Optional[int] = ..., min_requests: _Optional[int] = ..., max_error_share: _Optional[float] = ..., max_avg_latency_ms: _Optional[float] = ..., max_p95_latency_ms: _Optional[float] = ..., act_on_shadow_v1_only: _Optional[bool] = ...) -> None: ...
+    def __init__(self, window_seconds: _Optional[int] = ..., min_requests: _Optional[int] = ..., max_error_share: _Optional[float] = ..., max_avg_latency_ms: _Optional[float] = ..., max_p95_latency_ms: _Optional[float] = ..., act_on_shadow_v1_only: _Optional[bool] = ...) -> None: ...
 
 class GetRolloutConfigRequest(_message.Message):
     __slots__ = ()

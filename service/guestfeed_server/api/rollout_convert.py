@@ -46,6 +46,7 @@ def config_pb(config: RolloutConfig) -> rollout_pb2.RolloutConfig:
         updated_by=config.updated_by,
         shadow_sample_rate=config.shadow_sample_rate,
         guard=guard_pb(config.guard),
+        guard_enabled=config.guard.enabled,
     )
     if config.updated_at is not None:
         ts = Timestamp()
@@ -57,7 +58,6 @@ def config_pb(config: RolloutConfig) -> rollout_pb2.RolloutConfig:
 def guard_pb(guard: GuardConfig) -> rollout_pb2.GuardConfig:
     """Maps the guard's settings to their proto."""
     return rollout_pb2.GuardConfig(
-        enabled=guard.enabled,
         window_seconds=guard.window_s,
         min_requests=guard.min_requests,
         max_error_share=guard.max_error_share,
@@ -72,7 +72,8 @@ def proposed_config(
 ) -> Proposal:
     """Reads a proposed config, recording a violation for every bad field (the
     caller raises once, with those of the other fields too). Fields left unset
-    (hash_version UNSPECIFIED, shadow_sample_rate, guard) keep the stored ones."""
+    (hash_version UNSPECIFIED, shadow_sample_rate, guard, guard_enabled) keep the
+    stored ones."""
     if not has_config:
         violations.append(FieldViolation("config", "is required", "REQUIRED"))
     if not 0 <= pb.v2_percentage <= 100:
@@ -111,7 +112,6 @@ def proposed_config(
     if pb.HasField("guard"):
         g = pb.guard
         guard = GuardConfig(
-            enabled=g.enabled,
             window_s=g.window_seconds,
             min_requests=g.min_requests,
             max_error_share=g.max_error_share,
@@ -128,6 +128,7 @@ def proposed_config(
         hash_version=hash_version,
         shadow_sample_rate=rate,
         guard=guard,
+        guard_enabled=pb.guard_enabled if pb.HasField("guard_enabled") else None,
     )
 
 

@@ -36,7 +36,7 @@ def format_config(config: Config) -> str:
                 ["v2 percentage", f"{config.v2_percentage}%"],
                 ["hash version", _hash_name(config.hash_version)],
                 ["shadow reads", f"{config.shadow_sample_rate:g} of V1 first pages"],
-                ["guard", guard_line(config.guard)],
+                ["guard", guard_line(config.guard, config.guard_enabled)],
                 ["updated at", when(config.updated_at)],
                 ["updated by", config.updated_by],
             ],
@@ -64,13 +64,13 @@ def config_dict(config: Config) -> dict[str, Any]:
         "updated_by": config.updated_by,
         "shadow_sample_rate": config.shadow_sample_rate,
         "guard": guard_dict(config.guard),
+        "guard_enabled": config.guard_enabled,
     }
 
 
 def guard_dict(guard: rollout_pb2.GuardConfig) -> dict[str, Any]:
     """The guard's settings as plain JSON values."""
     return {
-        "enabled": guard.enabled,
         "window_seconds": guard.window_seconds,
         "min_requests": guard.min_requests,
         "max_error_share": guard.max_error_share,
@@ -80,12 +80,9 @@ def guard_dict(guard: rollout_pb2.GuardConfig) -> dict[str, Any]:
     }
 
 
-def guard_line(guard: rollout_pb2.GuardConfig) -> str:
+def guard_line(guard: rollout_pb2.GuardConfig, enabled: bool) -> str:
     """The guard's settings on one line."""
-    if not guard.enabled:
-        state = "paused"
-    else:
-        state = "on"
+    state = "on" if enabled else "paused"
     p95 = f"{guard.max_p95_latency_ms:g} ms" if guard.max_p95_latency_ms else "watched"
     return (
         f"{state}: window {guard.window_seconds}s, min {guard.min_requests} requests, "
@@ -103,6 +100,8 @@ def config_diff(before: Config, after: Config) -> list[str]:
         out.append(f"percentage {before.v2_percentage}->{after.v2_percentage}")
     if before.shadow_sample_rate != after.shadow_sample_rate:
         out.append(f"shadow rate {before.shadow_sample_rate:g}->{after.shadow_sample_rate:g}")
+    if before.guard_enabled != after.guard_enabled:
+        out.append(f"guard_enabled {_yes(before.guard_enabled)}->{_yes(after.guard_enabled)}")
     if before.guard != after.guard:
         g0, g1 = guard_dict(before.guard), guard_dict(after.guard)
         out += [f"guard {k} {g0[k]}->{g1[k]}" for k in g0 if g0[k] != g1[k]]

@@ -128,14 +128,14 @@ async def guard(ns: argparse.Namespace, client: GuestFeedClient, console: Consol
     if not ns.reason:
         console.note(f"guard {ns.action} changes the config: say why with --reason")
         return 2
-    edits: dict[str, Callable[[rollout_pb2.GuardConfig], None]] = {
-        "pause": lambda g: setattr(g, "enabled", False),
-        "resume": lambda g: setattr(g, "enabled", True),
-        "set": lambda g: _retune(g, ns),
+    edits: dict[str, Callable[[Config], None]] = {
+        "pause": lambda c: setattr(c, "guard_enabled", False),
+        "resume": lambda c: setattr(c, "guard_enabled", True),
+        "set": lambda c: _retune(c.guard, ns),
     }
 
     def change(c: Config) -> None:
-        edits[ns.action](c.guard)
+        edits[ns.action](c)
 
     return await write(ns, client, console, change)
 

@@ -189,6 +189,8 @@ class Proposal:
     hash_version: HashVersion | None = None
     shadow_sample_rate: float | None = None
     guard: GuardConfig | None = None
+    # Pausing the guard is its own field, so retuning never resumes it.
+    guard_enabled: bool | None = None
 
     def over(self, current: RolloutConfig) -> RolloutConfig:
         """The config this proposal makes of `current`."""
@@ -203,5 +205,10 @@ class Proposal:
                 if self.shadow_sample_rate is None
                 else self.shadow_sample_rate
             ),
-            guard=current.guard if self.guard is None else self.guard,
+            guard=replace(
+                current.guard if self.guard is None else self.guard,
+                enabled=(
+                    current.guard.enabled if self.guard_enabled is None else self.guard_enabled
+                ),
+            ),
         )

@@ -16,7 +16,7 @@ check, or Argo Rollouts, which errors on an empty result); it acts once,
 however many replicas see the same breach, because each change is a
 read-modify-write on the config's revision that re-reads and finds the work
 done; evidence from before the current config revision is not held against
-it; `guard.enabled` pauses it.
+it; `guard_enabled` in the config (stored as `guard.enabled`) pauses it.
 """
 
 from __future__ import annotations
