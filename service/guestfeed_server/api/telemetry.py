@@ -180,14 +180,29 @@ class TelemetryInterceptor(BehaviorInterceptor):
         async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
             call = _Call(self, method, context)
             exc: BaseException | None = None
+            responses = behavior(request, context)
             try:
-                with _active(call.span):
-                    async for item in behavior(request, context):
-                        yield item
+                while True:
+                    # The span is current only while the handler computes the
+                    # next response, never across our `yield`: a cancelled
+                    # stream is closed from wherever grpc.aio finalizes it,
+                    # and a context attached before a yield and detached
+                    # after it would be detached in another Context
+                    # ("Failed to detach context", one traceback per cancel).
+                    with _active(call.span):
+                        try:
+                            item = await anext(responses)
+                        except StopAsyncIteration:
+                            break
+                    yield item
             except BaseException as e:
                 exc = e
                 raise
             finally:
-                call.finish(exc)
+                try:
+                    with _active(call.span):
+                        await responses.aclose()
+                finally:
+                    call.finish(exc)
 
         return handler
