@@ -1,0 +1,20 @@
+"""Settings from environment variables, validated once at start-up.
+
+`Settings.from_env` reads every variable the service knows; a malformed one
+fails at once with a `ConfigError` naming it and saying what to put there.
+"""
+
+from .service import DEFAULT_LISTEN, PoolMode, Settings
+from .telemetry import TelemetrySettings
+from .values import MIN_SECRET_BYTES, ConfigError, StartupError, parse_listen
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "MIN_SECRET_BYTES",
+    "ConfigError",
+    "PoolMode",
+    "Settings",
+    "StartupError",
+    "TelemetrySettings",
+    "parse_listen",
+]
