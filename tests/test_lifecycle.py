@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from guestfeed_server.api.health import DatabaseHealth
 from guestfeed_server.app import running
 from guestfeed_server.settings import StartupError
 from guestfeed_server.telemetry import Telemetry
@@ -82,6 +83,31 @@ class TestFailedStartUp:
             assert app.port > 0
             assert set(our_tasks(others)) >= {"guestfeed-health", "guestfeed-rollout"}
         assert our_tasks(others) == []
+
+
+class TestStoppingLoops:
+    async def test_a_stop_that_lands_as_the_probe_finishes_still_stops_health(self) -> None:
+        """Cancelled in the loop turn in which its probe completes, the health loop ends:
+        Python 3.11's asyncio.wait_for would return the probe's result and swallow
+        the cancel, and shutdown then waited for the loop forever."""
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def ping() -> None:
+            await answered
+
+        health = DatabaseHealth(ping, (), interval_s=0.01, timeout_s=5.0)
+        health.start()
+        task = health._task
+        assert task is not None
+        for _ in range(5):
+            await asyncio.sleep(0)
+        answered.set_result(None)
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        try:
+            assert task.cancelled(), "the health loop swallowed its cancel and kept probing"
+        finally:
+            await health.stop()
 
 
 class TestEmbeddedExtra:

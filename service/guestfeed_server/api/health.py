@@ -48,7 +48,11 @@ class DatabaseHealth:
     async def probe(self) -> bool:
         """One check; updates every status and returns whether the database answered."""
         try:
-            await asyncio.wait_for(self._ping(), self._timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns
+            # the result and swallows a cancel that arrives as the probe
+            # finishes, and the probe loop then never stops (a hung shutdown).
+            async with asyncio.timeout(self._timeout):
+                await self._ping()
             ok = True
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise

@@ -243,7 +243,8 @@ class JwksKeys:
         backoff = 1.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 delay = await self.refresh()

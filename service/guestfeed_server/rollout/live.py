@@ -98,7 +98,8 @@ class RolloutState:
         """Starts the loop and waits (bounded) for the first read."""
         self._task = start_background(self._run(), "guestfeed-rollout")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._loaded.wait(), initial_wait_s)
+            async with asyncio.timeout(initial_wait_s):
+                await self._loaded.wait()
         if self.fail_safe:
             log.error(
                 "rollout config unreadable at start-up: serving v1 to everyone (fail safe) "
@@ -159,7 +160,8 @@ class RolloutState:
                     # Only a successful read proves the database is usable again.
                     backoff = 0.1
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._refresh_s)
+                        async with asyncio.timeout(self._refresh_s):
+                            await self._wake.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -174,4 +176,5 @@ class RolloutState:
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
+                        async with asyncio.timeout(2):
+                            await conn.close()
