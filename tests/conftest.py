@@ -25,6 +25,7 @@ from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server.app import App, running
 from guestfeed_server.auth import JwksKeys, Role, mint
 from guestfeed_server.rollout import RolloutPolicy
+from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.settings import Settings
 from guestfeed_server.storage.migrate import migrate
 from guestfeed_server.telemetry import Telemetry
@@ -79,6 +80,16 @@ async def admin_dsn(server_dsn: str) -> AsyncIterator[str]:
     mconn = await asyncpg.connect(dsn)
     try:
         await migrate(mconn)
+        # The stored kill switch (on in a new database) pins everyone to V1,
+        # explicit requests included; the shared server's tests read both models.
+        current = await rollout_store.load(mconn)
+        await rollout_store.update(
+            mconn,
+            current.with_changes(v2_enabled=True),
+            expected_revision=current.revision,
+            actor="tests",
+            reason="the shared test server reads both models",
+        )
     finally:
         await mconn.close()
     yield dsn
@@ -140,6 +151,12 @@ class Client:
     def auth(cls, user_id: uuid.UUID, role: Role = Role.AUTHENTICATED) -> list[tuple[str, str]]:
         """Call metadata carrying a valid token for `user_id`."""
         return [("authorization", f"Bearer {cls.token(user_id, role)}")]
+
+    @classmethod
+    def pinning(cls, user_id: uuid.UUID) -> list[tuple[str, str]]:
+        """Metadata of a caller who may name a read model: an internal service
+        reading `user_id`'s feed (a guest's own token gets the rollout's model)."""
+        return cls.auth(user_id, Role.SERVICE_ROLE)
 
 
 async def start_client(

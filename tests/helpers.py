@@ -30,7 +30,7 @@ async def read_all(
                 page_token=token,
                 read_model=MODELS[model],
             ),
-            metadata=client.auth(user_id),
+            metadata=client.pinning(user_id),
         )
         out.extend(resp.messages)
         token = resp.next_page_token

@@ -1,6 +1,6 @@
 """Helpers and fixtures for tests that change the rollout config: each on a
-database of its own, with its own server (the shared `client` relies on the
-default config, v2 disabled)."""
+database of its own, with its own server (the shared `client` relies on its
+database's config: v2 enabled at 0 %, so service callers can read either model)."""
 
 from __future__ import annotations
 

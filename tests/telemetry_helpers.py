@@ -228,20 +228,20 @@ Call = Callable[[Client, Feed], Awaitable[Any]]
 
 async def _stream_all(c: Client, f: Feed) -> list[Any]:
     req = feed_pb2.StreamMessagesRequest(event_id=str(f.event), page_size=4)
-    return [r async for r in c.feed.StreamMessages(req, metadata=Client.auth(f.user))]
+    return [r async for r in c.feed.StreamMessages(req, metadata=Client.pinning(f.user))]
 
 
 CALLS: dict[str, tuple[str, Call]] = {
     "ListMessages": (
         FEED,
-        lambda c, f: c.feed.ListMessages(list_req(f), metadata=Client.auth(f.user)),
+        lambda c, f: c.feed.ListMessages(list_req(f), metadata=Client.pinning(f.user)),
     ),
     "StreamMessages": (FEED, _stream_all),
     "GetReadModel": (
         ROLLOUT,
         lambda c, f: c.rollout.GetReadModel(
             rollout_pb2.GetReadModelRequest(event_id=str(f.event), user_id=str(f.user)),
-            metadata=Client.auth(f.user),
+            metadata=Client.pinning(f.user),
         ),
     ),
     "GetRolloutConfig": (

@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 
 from guestfeed.v1 import feed_pb2
 from guestfeed_client import GuestFeedClient, GuestFeedSyncClient, RPCError
+from guestfeed_server.auth import Role
 
 from .conftest import Client
 from .factory import World
@@ -93,12 +94,13 @@ class TestSyncClientOnTestingChannel:
 
 class TestAsyncClientOnRealServer:
     async def test_iter_messages_yields_the_whole_feed(self, client: Client, world: World) -> None:
-        """iter_messages streams every message of the feed in order."""
+        """iter_messages streams every message of the feed in order (a service caller
+        may name the read model)."""
         event = await world.event()
         user, _ = await world.member(event)
         for _ in range(7):
             await world.message(event, "announcement")
-        gf = GuestFeedClient(client.channel, lambda: Client.token(user))
+        gf = GuestFeedClient(client.channel, lambda: Client.token(user, Role.SERVICE_ROLE))
         got = [
             m.message_id
             async for m in gf.iter_messages(

@@ -450,17 +450,21 @@ class TestBugsBecomeInternal:
         err = await list_error(broken_client, uuid.uuid4(), event_id="bad")
         assert_invalid(err, {"event_id": "INVALID_UUID"})
 
-    async def test_explicit_model_avoids_the_broken_policy(
+    async def test_explicit_model_still_consults_the_broken_policy(
         self, broken_client: Client, world: World
     ) -> None:
-        """An explicit read_model never consults the rollout, so it is served normally."""
+        """An explicit read_model is checked against the kill switches too, so a broken
+        rollout is INTERNAL for it as well: nothing gets around the switches."""
         event = await world.event()
         user, _ = await world.member(event)
-        resp = await broken_client.feed.ListMessages(
-            feed_pb2.ListMessagesRequest(event_id=str(event), read_model=feed_pb2.READ_MODEL_V2),
-            metadata=Client.auth(user),
-        )
-        assert resp.read_model == feed_pb2.READ_MODEL_V2
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await broken_client.feed.ListMessages(
+                feed_pb2.ListMessagesRequest(
+                    event_id=str(event), read_model=feed_pb2.READ_MODEL_V2
+                ),
+                metadata=Client.pinning(user),
+            )
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
 
 
 class TestDatabaseOutage:

@@ -63,7 +63,8 @@ async def page(c: Client, event: uuid.UUID, user: uuid.UUID, model: int = 0) -> 
     try:
         await c.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), read_model=model),
-            metadata=c.auth(user),
+            # Naming a model is for service callers; guests get the rollout's.
+            metadata=c.pinning(user) if model else c.auth(user),
         )
     except grpc.aio.AioRpcError as err:
         return err.code()

@@ -18,6 +18,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from guestfeed_server.auth import Role
 from guestfeed_server.storage.migrate import migrate
 
 from .conftest import Client, scratch_database, start_client
@@ -272,7 +273,7 @@ class TestGrpcurl:
         code, out, err = await _grpcurl(
             "-plaintext",
             "-H",
-            f"authorization: Bearer {client.token(user)}",
+            f"authorization: Bearer {client.token(user, Role.SERVICE_ROLE)}",
             "-d",
             json.dumps({"event_id": str(event), "page_size": 5, "read_model": "READ_MODEL_V2"}),
             f"127.0.0.1:{client.app.port}",

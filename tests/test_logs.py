@@ -42,7 +42,15 @@ from .tracing import Tracing
 FEED = "guestfeed.v1.GuestFeedService"
 BASE_KEYS = {"ts", "level", "logger", "msg"}
 RPC_KEYS = BASE_KEYS | {"trace_id", "span_id", "rpc_method", "status", "duration_ms"}
-FEED_KEYS = RPC_KEYS | {"read_model", "model_choice", "pages", "messages", "by_type", "by_source"}
+FEED_KEYS = RPC_KEYS | {
+    "read_model",
+    "model_choice",
+    "requested_read_model",
+    "pages",
+    "messages",
+    "by_type",
+    "by_source",
+}
 
 
 class Lines(logging.Handler):
@@ -168,7 +176,7 @@ class TestRpcLine:
     ) -> None:
         """Each call logs one 'rpc' line; feed calls add read model and counts by type/source."""
         event, user = await _mixed_feed(world)
-        c, me = traced.client, Client.auth(user)
+        c, me = traced.client, Client.pinning(user)
         listed = await c.feed.ListMessages(
             feed_pb2.ListMessagesRequest(
                 event_id=str(event), page_size=5, read_model=feed_pb2.READ_MODEL_V2
@@ -210,6 +218,7 @@ class TestRpcLine:
         assert {k: listed_line[k] for k in FEED_KEYS - RPC_KEYS} == {
             "read_model": "v2",
             "model_choice": "explicit",
+            "requested_read_model": "v2",
             "pages": 1,
             "messages": len(listed.messages),
             "by_type": by_type,
@@ -219,6 +228,7 @@ class TestRpcLine:
         assert {k: stream_line[k] for k in FEED_KEYS - RPC_KEYS} == {
             "read_model": "v1",
             "model_choice": "explicit",
+            "requested_read_model": "v1",
             "pages": len(streamed),
             "messages": sum(len(r.messages) for r in streamed),
             "by_type": by_type,

@@ -47,7 +47,7 @@ async def list_page(
         feed_pb2.ListMessagesRequest(
             event_id=str(event), page_size=size, page_token=token, read_model=model
         ),
-        metadata=client.auth(user),
+        metadata=client.pinning(user),
     )
 
 
@@ -71,7 +71,7 @@ async def stream_pages(
             read_model=model,
             max_messages=max_messages,
         ),
-        metadata=client.auth(user),
+        metadata=client.pinning(user),
         # A cursor that never advances would stream forever: fail fast instead.
         timeout=STREAM_DEADLINE_S,
     )

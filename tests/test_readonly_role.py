@@ -181,7 +181,7 @@ class TestReadOnlyRole:
             feed_pb2.StreamMessagesRequest(
                 event_id=str(event), page_size=3, read_model=MODELS[model]
             ),
-            metadata=ro_client.auth(user),
+            metadata=ro_client.pinning(user),
         )
         got = [m async for page in call for m in page.messages]
         assert [_as_expected(m) for m in got] == feed(world, event, user, model)

@@ -123,14 +123,15 @@ class TestFeedFollowsRollout:
         ("start", "flip", "model"),
         [
             (pb_config(False, 0), pb_config(True, 100), "v1"),
-            (pb_config(True, 100), pb_config(False, 100), "v2"),
+            (pb_config(True, 100), pb_config(True, 0), "v2"),
         ],
-        ids=["v1-token-after-enable", "v2-token-after-kill"],
+        ids=["v1-token-after-enable", "v2-token-after-percentage-drop"],
     )
     async def test_page_token_keeps_its_model_across_a_flip(
         self, own: Own, start: R.RolloutConfig, flip: R.RolloutConfig, model: str
     ) -> None:
-        """A token resumed with read_model UNSPECIFIED keeps the model it was issued under."""
+        """A token resumed with read_model UNSPECIFIED keeps the model it was issued under
+        while only the percentage moves (a kill moves it: tests/test_kill_switches.py)."""
         c, world = own.client, own.world()
         event, user = await guest_with_feed(world)
         await update(c, 1, start)

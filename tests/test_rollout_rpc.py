@@ -150,11 +150,12 @@ class TestFeedReadModelDefault:
 
     @pytest.mark.parametrize("model", ["v1", "v2"])
     async def test_explicit_model_is_served(self, client: Client, world: World, model: str) -> None:
-        """An explicit read_model is the one that serves, and the response says so."""
+        """A service caller's explicit read_model is the one that serves, and the response
+        says so."""
         event, user = await guest_with_feed(world)
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), read_model=MODELS[model]),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         assert resp.read_model == MODELS[model]
         assert [m.message_id for m in resp.messages] == [
@@ -171,11 +172,12 @@ class TestFeedReadModelDefault:
     async def test_stream_reports_the_serving_model_on_every_response(
         self, client: Client, world: World, requested: int, served: int
     ) -> None:
-        """Every StreamMessages response names the model: V1 when unspecified, V2 when asked."""
+        """Every StreamMessages response names the model: V1 when unspecified, V2 when a
+        service caller asks."""
         event, user = await guest_with_feed(world)
         call = client.feed.StreamMessages(
             feed_pb2.StreamMessagesRequest(event_id=str(event), page_size=1, read_model=requested),  # type: ignore[arg-type]
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         responses = [r async for r in call]
         assert len(responses) >= 3
@@ -188,12 +190,12 @@ class TestFeedReadModelDefault:
             feed_pb2.ListMessagesRequest(
                 event_id=str(event), page_size=2, read_model=feed_pb2.READ_MODEL_V2
             ),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         assert first.next_page_token
         rest = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), page_token=first.next_page_token),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         assert rest.read_model == feed_pb2.READ_MODEL_V2
         expected = [str(e.message_id) for e in feed(world, event, user, "v2")]

@@ -101,7 +101,7 @@ async def stream(
     request = feed_pb2.StreamMessagesRequest(
         event_id=str(event), read_model=MODELS[model] if model else 0, **fields
     )  # type: ignore[arg-type]
-    return [r async for r in client.feed.StreamMessages(request, metadata=Client.auth(user))]
+    return [r async for r in client.feed.StreamMessages(request, metadata=Client.pinning(user))]
 
 
 async def rest_from(
@@ -114,7 +114,7 @@ async def rest_from(
             feed_pb2.ListMessagesRequest(
                 event_id=str(event), page_size=page_size, page_token=token, read_model=MODELS[model]
             ),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         out.extend(m.message_id for m in resp.messages)
         token = resp.next_page_token
@@ -249,7 +249,7 @@ async def mixed_list(
         feed_pb2.ListMessagesRequest(
             event_id=str(f.event), page_size=page_size, page_token=token, read_model=MODELS[model]
         ),
-        metadata=Client.auth(f.user),
+        metadata=Client.pinning(f.user),
     )
 
 
@@ -342,7 +342,7 @@ class TestCancellationAndAccess:
         world, event, user, _ = long_feed
         call = slow_reader.StreamMessages(
             feed_pb2.StreamMessagesRequest(event_id=str(event), page_size=2),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         first = await call.read()
         assert isinstance(first, feed_pb2.StreamMessagesResponse) and len(first.messages) == 2
@@ -360,7 +360,7 @@ class TestCancellationAndAccess:
         assert pool.get_idle_size() == pool.get_size()
         resp = await client.feed.ListMessages(
             feed_pb2.ListMessagesRequest(event_id=str(event), page_size=50),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         assert [m.message_id for m in resp.messages] == [
             str(e.message_id) for e in feed(world, event, user, "v1")
@@ -378,7 +378,7 @@ class TestCancellationAndAccess:
             feed_pb2.StreamMessagesRequest(
                 event_id=str(event), page_size=2, read_model=feed_pb2.READ_MODEL_V2
             ),
-            metadata=Client.auth(user),
+            metadata=Client.pinning(user),
         )
         first = await call.read()
         assert isinstance(first, feed_pb2.StreamMessagesResponse)

@@ -71,7 +71,7 @@ class TestMetrics:
         self, traced: Traced, mixed: Feed
     ) -> None:
         """Durations count every call by method/status; served and decision counters add up."""
-        c, me = traced.client, Client.auth(mixed.user)
+        c, me = traced.client, Client.pinning(mixed.user)
         rm = await c.rollout.GetReadModel(
             rollout_pb2.GetReadModelRequest(event_id=str(mixed.event), user_id=str(mixed.user)),
             metadata=me,
@@ -162,7 +162,7 @@ class TestMetrics:
 
                 async def list_messages() -> feed_pb2.ListMessagesResponse:
                     return await t.client.feed.ListMessages(
-                        list_req(mixed), metadata=Client.auth(mixed.user)
+                        list_req(mixed), metadata=Client.pinning(mixed.user)
                     )
 
                 rpc = asyncio.create_task(list_messages())
@@ -202,7 +202,7 @@ class TestPrometheus:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
                 await feed_pb2_grpc.GuestFeedServiceStub(channel).ListMessages(
-                    list_req(mixed), metadata=Client.auth(mixed.user)
+                    list_req(mixed), metadata=Client.pinning(mixed.user)
                 )
 
             def scrape() -> str:

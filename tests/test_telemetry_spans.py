@@ -104,7 +104,7 @@ class TestServerSpans:
         trace_id, parent_id = uuid.uuid4().int, uuid.uuid4().int >> 64
         await traced.client.feed.ListMessages(
             list_req(mixed),
-            metadata=[*Client.auth(mixed.user), traceparent(trace_id, parent_id)],
+            metadata=[*Client.pinning(mixed.user), traceparent(trace_id, parent_id)],
         )
         span = one_server_span(spans)
         assert span.context.trace_id == trace_id
@@ -116,7 +116,9 @@ class TestServerSpans:
     ) -> None:
         """Two calls without trace context are two root spans in two traces."""
         for _ in range(2):
-            await traced.client.feed.ListMessages(list_req(mixed), metadata=Client.auth(mixed.user))
+            await traced.client.feed.ListMessages(
+                list_req(mixed), metadata=Client.pinning(mixed.user)
+            )
         found = server_spans(spans)
         assert len(found) == 2 and all(s.parent is None for s in found)
         assert found[0].context.trace_id != found[1].context.trace_id
@@ -182,7 +184,7 @@ class TestErrorSpans:
     ) -> None:
         """A bug (INTERNAL) sets status ERROR with the code as description and error.type."""
         async with traced_server(admin_dsn, tracing, rollout=RaisingPolicy()) as t:
-            me = Client.auth(mixed.user)
+            me = Client.pinning(mixed.user)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await t.client.rollout.GetReadModel(
                     rollout_pb2.GetReadModelRequest(
@@ -223,13 +225,13 @@ class TestFeedSpans:
         if reason is None:  # UNSPECIFIED: whatever the live rollout says for this pair
             rm = await c.rollout.GetReadModel(
                 rollout_pb2.GetReadModelRequest(event_id=str(mixed.event), user_id=str(mixed.user)),
-                metadata=Client.auth(mixed.user),
+                metadata=Client.pinning(mixed.user),
             )
             reason = rollout_pb2.DecisionReason.Name(rm.reason).removeprefix("DECISION_REASON_")
             reason = reason.lower()
             spans.clear()
         resp = await c.feed.ListMessages(
-            list_req(mixed, model, page_size=20), metadata=Client.auth(mixed.user)
+            list_req(mixed, model, page_size=20), metadata=Client.pinning(mixed.user)
         )
         counts = served([resp])
         assert len({t for _, t, _ in counts}) >= 2 and len({s for _, _, s in counts}) == 2
@@ -241,6 +243,7 @@ class TestFeedSpans:
             "guestfeed.page_size": 20,
             "guestfeed.pages": 1,
             "guestfeed.messages.count": len(resp.messages),
+            "guestfeed.read_model.requested": MODEL_NAMES.get(model, "unspecified"),
         }
         per_key: Counter[str] = Counter()
         for (_, mtype, source), n in counts.items():
@@ -255,12 +258,13 @@ class TestFeedSpans:
     ) -> None:
         """A page read from a page token reports rollout reason 'page_token' and its own counts."""
         first = await traced.client.feed.ListMessages(
-            list_req(mixed, feed_pb2.READ_MODEL_V2, page_size=3), metadata=Client.auth(mixed.user)
+            list_req(mixed, feed_pb2.READ_MODEL_V2, page_size=3),
+            metadata=Client.pinning(mixed.user),
         )
         spans.clear()
         resp = await traced.client.feed.ListMessages(
             list_req(mixed, page_size=3, page_token=first.next_page_token),
-            metadata=Client.auth(mixed.user),
+            metadata=Client.pinning(mixed.user),
         )
         attrs = feed_attrs(one_server_span(spans))
         assert attrs["guestfeed.rollout.reason"] == "page_token"
@@ -274,7 +278,7 @@ class TestFeedSpans:
         trace_id = uuid.uuid4().int
         await traced.client.feed.ListMessages(
             list_req(mixed, feed_pb2.READ_MODEL_V1),
-            metadata=[*Client.auth(mixed.user), traceparent(trace_id, 0xABC)],
+            metadata=[*Client.pinning(mixed.user), traceparent(trace_id, 0xABC)],
         )
         server = one_server_span(spans)
         db = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
@@ -310,7 +314,9 @@ class TestStreamSpans:
         )
         responses = [
             r
-            async for r in traced.client.feed.StreamMessages(req, metadata=Client.auth(mixed.user))
+            async for r in traced.client.feed.StreamMessages(
+                req, metadata=Client.pinning(mixed.user)
+            )
         ]
         assert len(responses) >= 3
         span = (await eventually_spans(spans, 1))[0]
@@ -339,7 +345,7 @@ class TestStreamSpans:
     ) -> None:
         """Cancelling after the first response still ends the span: CANCELLED (1), status UNSET."""
         req = feed_pb2.StreamMessagesRequest(event_id=str(mixed.event), page_size=1)
-        call = traced.client.feed.StreamMessages(req, metadata=Client.auth(mixed.user))
+        call = traced.client.feed.StreamMessages(req, metadata=Client.pinning(mixed.user))
         first = await call.read()
         assert len(first.messages) == 1
         call.cancel()

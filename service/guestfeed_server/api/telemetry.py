@@ -91,6 +91,7 @@ class _Call:
             span.set_attributes(
                 {
                     "guestfeed.read_model": rec.read_model,
+                    "guestfeed.read_model.requested": rec.requested_read_model or "unspecified",
                     "guestfeed.rollout.reason": rec.model_choice,
                     "guestfeed.event_id": rec.event_id,
                     "guestfeed.page_size": rec.page_size,
@@ -117,6 +118,7 @@ class _Call:
             fields.update(
                 read_model=rec.read_model,
                 model_choice=rec.model_choice,
+                requested_read_model=rec.requested_read_model or "unspecified",
                 pages=rec.pages,
                 messages=rec.messages,
                 by_type=by_type,

@@ -1,4 +1,23 @@
-"""Which read model serves a request, and why: the caller, their page token, or the rollout."""
+"""Which read model serves a request, and why: the rollout, a page token, or the caller.
+
+The rules, highest first:
+
+  1. The kill switches win: with `GUESTFEED_READMODEL_V2=false` on the
+     replica, the stored `v2_enabled=false`, or a replica on its fail-safe
+     config, every request is served from V1: explicit requests and V2 page
+     tokens included. A kill switch exists for the moment V2 is wrong or
+     hurting the database; it has to hold for everyone.
+  2. An explicit `read_model` is honoured for service callers (internal
+     services and tools comparing the models). Guests get what the rollout
+     says for them: at 0 % nobody opts into V2, and internal testers get V2
+     by a user override, not by asking. The requested model is recorded.
+  3. A page token keeps its read model while the percentage moves, so a
+     paging session does not switch models halfway. When the rollout now
+     sends the pair to V1 for any other reason (a user or event override, as
+     the guard sets for an event), a V2 token continues in V1 from the same
+     position: both models order by the same keyset.
+  4. Otherwise the rollout decides.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +26,18 @@ import uuid
 from dataclasses import dataclass
 
 from ..domain.model import ReadModel
-from ..rollout import Decision, RolloutPolicy
+from ..rollout import Decision, Reason, RolloutPolicy
 from .tokens import PageToken
+
+# Rollout answers that are rollbacks: they override explicit requests (service
+# callers' too) and page tokens.
+KILLS = frozenset({Reason.DEPLOY_KILL_SWITCH, Reason.KILL_SWITCH, Reason.FAIL_SAFE})
 
 
 class ChoiceSource(enum.Enum):
     """Who picked the read model."""
 
-    EXPLICIT = "explicit"  # the request named one
+    EXPLICIT = "explicit"  # a service caller named one
     PAGE_TOKEN = "page_token"  # resuming: a paging session keeps its model
     ROLLOUT = "rollout"
 
@@ -27,6 +50,8 @@ class ModelChoice:
     source: ChoiceSource
     # The rollout's answer, when the rollout decided.
     decision: Decision | None = None
+    # What the request asked for, when it named a model.
+    requested: ReadModel | None = None
 
     @property
     def label(self) -> str:
@@ -35,6 +60,12 @@ class ModelChoice:
             return self.decision.reason.value
         return self.source.value
 
+    def carries(self, token: PageToken) -> bool:
+        """Whether `token`'s position may continue in this choice's model: its own
+        model always; another model only when a rollback moved the pair (a
+        caller who names another model than their token's made a mistake)."""
+        return token.read_model is self.read_model or self.source is ChoiceSource.ROLLOUT
+
 
 def choose(
     requested: ReadModel | None,
@@ -42,12 +73,21 @@ def choose(
     rollout: RolloutPolicy,
     event_id: uuid.UUID,
     user_id: uuid.UUID,
+    *,
+    may_pin: bool,
 ) -> ModelChoice:
-    """An explicit model first, then the token's (the rollout may move while
-    someone pages), then the rollout."""
-    if requested is not None:
-        return ModelChoice(requested, ChoiceSource.EXPLICIT)
-    if token is not None:
-        return ModelChoice(token.read_model, ChoiceSource.PAGE_TOKEN)
+    """Applies the module's rules; `may_pin` is True for service callers."""
     decision = rollout.decide(event_id, user_id)
-    return ModelChoice(decision.read_model, ChoiceSource.ROLLOUT, decision)
+    if decision.reason in KILLS:
+        return ModelChoice(decision.read_model, ChoiceSource.ROLLOUT, decision, requested)
+    if requested is not None and may_pin:
+        return ModelChoice(requested, ChoiceSource.EXPLICIT, None, requested)
+    if token is not None:
+        moves_to_v1 = (
+            token.read_model is ReadModel.V2
+            and decision.read_model is ReadModel.V1
+            and decision.reason is not Reason.PERCENTAGE
+        )
+        if not moves_to_v1:
+            return ModelChoice(token.read_model, ChoiceSource.PAGE_TOKEN, None, requested)
+    return ModelChoice(decision.read_model, ChoiceSource.ROLLOUT, decision, requested)

@@ -74,11 +74,17 @@ class FeedReader:
         """The reader, the model and the starting cursor, the token opened once."""
         user = who.reader()
         token = self._tokens.open(query.page_token) if query.page_token else None
-        choice = choose(query.read_model, token, self._rollout, query.event_id, user)
+        choice = choose(
+            query.read_model, token, self._rollout, query.event_id, user, may_pin=who.is_service
+        )
         scope = TokenScope(query.event_id, user, choice.read_model)
-        cursor = token.cursor_for(scope) if token is not None else None
+        cursor = None
+        if token is not None:
+            cursor = token.cursor_for(scope, any_model=choice.carries(token))
         if choice.decision is not None:
             record.note_decision(choice.read_model.value, choice.label)
+        if choice.requested is not None:
+            record.note_requested(choice.requested.value)
         return user, choice, cursor
 
     async def page(

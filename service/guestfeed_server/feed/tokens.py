@@ -56,8 +56,9 @@ class PageToken:
     viewer: bytes
     cursor: Cursor
 
-    def cursor_for(self, scope: TokenScope) -> Cursor:
-        """The cursor, if the token was issued for `scope`.
+    def cursor_for(self, scope: TokenScope, *, any_model: bool = False) -> Cursor:
+        """The cursor, if the token was issued for `scope` (for its event and
+        caller in any model, with `any_model`: a rollback moved the pair).
 
         Raises:
             InvalidArgument: bound to another event, caller or read model.
@@ -65,7 +66,7 @@ class PageToken:
         if (
             self.event != scope.event_id.bytes
             or self.viewer != _viewer_digest(self.version, scope.viewer_id)
-            or self.read_model is not scope.read_model
+            or (self.read_model is not scope.read_model and not any_model)
         ):
             raise InvalidArgument.of(
                 FieldViolation(

@@ -32,6 +32,8 @@ class RpcRecord:
     # (message type, source) -> messages served.
     by_kind: Counter[tuple[str, str]] = field(default_factory=Counter)
     decisions: list[tuple[str, str]] = field(default_factory=list)
+    # The read model the request named ("" when it left the choice to us).
+    requested_read_model: str = ""
 
     @property
     def by_type(self) -> Counter[str]:
@@ -102,3 +104,10 @@ def note_decision(read_model: str, reason: str) -> None:
     record = _current.get()
     if record is not None:
         record.decisions.append((read_model, reason))
+
+
+def note_requested(read_model: str) -> None:
+    """Records the read model the request named (served or not)."""
+    record = _current.get()
+    if record is not None:
+        record.requested_read_model = read_model
