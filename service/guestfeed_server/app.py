@@ -18,6 +18,7 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from .api import tls
 from .api.health import DatabaseHealth
 from .api.server import (
     JWKS_HEALTH_NAME,
@@ -149,15 +150,10 @@ async def running(
             guard=uses.guard,
             health=health,
             telemetry=telemetry,
+            identify_clients=settings.tls.mutual,
         )
-        try:
-            port = server.add_insecure_port(settings.listen)
-        except RuntimeError:
-            port = 0  # grpcio raises where older releases returned 0
-        if port == 0:
-            raise StartupError(
-                f"GUESTFEED_LISTEN: cannot listen on {settings.listen} (in use, or not this host's)"
-            )
+        # Plaintext or TLS; a "cannot listen" or unusable TLS file is a StartupError.
+        port = tls.bind(server, settings)
         await server.start()
         stack.push_async_callback(server.stop, settings.shutdown_grace_s)
         # Pushed last, so on the way out it runs first: load balancers see

@@ -59,6 +59,7 @@ def build_server(
     guard: Guard,
     health: DatabaseHealth,
     telemetry: Telemetry,
+    identify_clients: bool = False,
 ) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
     if protobuf_backend() != "upb":
@@ -70,7 +71,10 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[
             TelemetryInterceptor(
-                telemetry.tracer, telemetry.metrics, trace_health=telemetry.trace_health
+                telemetry.tracer,
+                telemetry.metrics,
+                trace_health=telemetry.trace_health,
+                identify_clients=identify_clients,
             ),
             ErrorMappingInterceptor(),
         ]

@@ -24,6 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ..telemetry import record as rpc_record
 from ..telemetry.metrics import Metrics
 from .interceptors import BehaviorInterceptor
+from .tls import client_identity
 
 log = logging.getLogger("guestfeed.rpc")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -69,6 +70,10 @@ class _Call:
             },
         )
         self.context = context
+        # The calling service, from its verified certificate (mutual TLS only).
+        self.client_identity = client_identity(context) if owner.identify_clients else None
+        if self.client_identity is not None:
+            self.span.set_attribute("guestfeed.client_identity", self.client_identity)
         self.record = rpc_record.begin()
         self.started = time.perf_counter()
 
@@ -114,6 +119,8 @@ class _Call:
             "status": code.name,
             "duration_ms": round(elapsed_ms, 3),
         }
+        if self.client_identity is not None:
+            fields["client_identity"] = self.client_identity
         if rec.read_model:
             fields.update(
                 read_model=rec.read_model,
@@ -149,11 +156,20 @@ class TelemetryInterceptor(BehaviorInterceptor):
     # Reflection is bidirectional: traced too when trace_health asks for it.
     kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
-    def __init__(self, tracer: trace.Tracer, metrics: Metrics, *, trace_health: bool) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        metrics: Metrics,
+        *,
+        trace_health: bool,
+        identify_clients: bool = False,
+    ) -> None:
         super().__init__()
         self.tracer = tracer
         self.metrics = metrics
         self._trace_health = trace_health
+        # Under mutual TLS: name the calling service from its certificate.
+        self.identify_clients = identify_clients
 
     def skip(self, method: str) -> bool:
         """Health and reflection stay untraced unless trace_health."""

@@ -14,6 +14,7 @@ import asyncio
 import getpass
 import sys
 import uuid
+from pathlib import Path
 
 import grpc
 
@@ -21,7 +22,10 @@ from guestfeed_client import GuestFeedClient, RPCError
 
 from ..auth import Role, mint
 from ..auth.keyring import embedded_secret
-from ..settings import ConfigError, Settings, parse_listen
+from ..settings import ConfigError, Settings, TlsSettings, parse_listen
+from ..settings.tls import CA as TLS_CA
+from ..settings.tls import CLIENT_CERT as TLS_CLIENT_CERT
+from ..settings.tls import CLIENT_KEY as TLS_CLIENT_KEY
 from . import rollout_commands as commands
 from . import rollout_safety
 from .rollout_commands import Command, Console
@@ -151,7 +155,7 @@ def run(settings: Settings, ns: argparse.Namespace) -> int:
     console = Console(out=sys.stdout, err=sys.stderr, json=ns.json, target=target)
 
     async def main() -> int:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with open_channel(target, settings.tls) as channel:
             return await execute(ns, GuestFeedClient(channel, token), console)
 
     return asyncio.run(main())
@@ -165,6 +169,38 @@ async def execute(ns: argparse.Namespace, client: GuestFeedClient, console: Cons
     except RPCError as exc:
         _report(exc, console)
         return 1
+
+
+def open_channel(target: str, tls: TlsSettings) -> grpc.aio.Channel:
+    """A channel to `target`, with TLS when this environment's GUESTFEED_TLS_* ask for it.
+
+    TLS when GUESTFEED_TLS_CA or a client certificate is set, or when the
+    server configured here serves TLS (GUESTFEED_TLS_CERT): plaintext to it
+    would only fail. Trusted: GUESTFEED_TLS_CA, else the system's roots; the
+    server's own certificate is not used as a trust anchor (a CA-issued leaf
+    is not one). GUESTFEED_TLS_CLIENT_CERT/_KEY answer a mutual-TLS server.
+
+    Raises:
+        ConfigError: a file cannot be read; the message names its variable.
+    """
+    if not tls.client_enabled:
+        return grpc.aio.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(TLS_CA, tls.ca),
+        private_key=_read(TLS_CLIENT_KEY, tls.client_key),
+        certificate_chain=_read(TLS_CLIENT_CERT, tls.client_cert),
+    )
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def _read(variable: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def default_target(listen: str) -> str:

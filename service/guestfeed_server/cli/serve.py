@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 
 from ..app import App, graceful_exit, running
 from ..auth import mint
-from ..settings import Settings
+from ..settings import Settings, TlsSettings
 from ..storage.connect import connect
 from .demo import seed_demo
 
@@ -61,18 +62,40 @@ async def _demo(app: App) -> None:
     token = mint(
         app.keys.jwt_secret, info.guest_user_id, ttl_s=24 * 3600, issuer=app.settings.jwt_issuer
     )
-    print(_banner(app.address, str(info.event_id), token, seeded=info.seeded), flush=True)
+    banner = _banner(
+        app.address,
+        str(info.event_id),
+        token,
+        seeded=info.seeded,
+        flags=grpcurl_flags(app.settings.tls),
+    )
+    print(banner, flush=True)
 
 
-def _banner(address: str, event_id: str, token: str, *, seeded: bool) -> str:
+def grpcurl_flags(tls: TlsSettings) -> str:
+    """grpcurl's transport flags for this server: -plaintext, or the TLS files to use."""
+    if not tls.enabled:
+        return "-plaintext"
+    # GUESTFEED_TLS_CA when set; else the server's own certificate, which
+    # grpcurl (Go) accepts as a trust anchor for exactly that certificate.
+    flags = [f"-cacert {shlex.quote(str(tls.ca or tls.cert))}"]
+    if tls.mutual:
+        flags.append(f"-cert {shlex.quote(str(tls.client_cert or 'CLIENT.crt'))}")
+        flags.append(f"-key {shlex.quote(str(tls.client_key or 'CLIENT.key'))}")
+    if tls.server_name:
+        flags.append(f"-servername {shlex.quote(tls.server_name)}")
+    return " ".join(flags)
+
+
+def _banner(address: str, event_id: str, token: str, *, seeded: bool, flags: str) -> str:
     state = "seeded" if seeded else "already present"
     return f"""
 Demo event {event_id} ({state}). A demo guest's token (valid 24h) is in TOKEN below.
 
   TOKEN='{token}'
-  .venv/bin/grpcurl -plaintext {address} list
-  .venv/bin/grpcurl -plaintext {address} describe guestfeed.v1.GuestFeedService
-  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+  .venv/bin/grpcurl {flags} {address} list
+  .venv/bin/grpcurl {flags} {address} describe guestfeed.v1.GuestFeedService
+  .venv/bin/grpcurl {flags} -H "authorization: Bearer $TOKEN" \\
       -d '{{"event_id": "{event_id}", "page_size": 5}}' \\
       {address} guestfeed.v1.GuestFeedService/ListMessages
 

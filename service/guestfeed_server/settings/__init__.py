@@ -6,6 +6,7 @@ fails at once with a `ConfigError` naming it and saying what to put there.
 
 from .service import DEFAULT_LISTEN, PoolMode, Settings
 from .telemetry import TelemetrySettings
+from .tls import TlsSettings
 from .values import MIN_SECRET_BYTES, ConfigError, StartupError, parse_listen
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "Settings",
     "StartupError",
     "TelemetrySettings",
+    "TlsSettings",
     "parse_listen",
 ]

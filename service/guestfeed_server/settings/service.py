@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .telemetry import TelemetrySettings
+from .tls import TlsSettings
 from .values import (
     MIN_SECRET_BYTES,
     ConfigError,
@@ -81,6 +82,7 @@ class Settings:
     service_token: str | None = None
     # Things to say at start-up about the environment (retired variables).
     notices: tuple[str, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def embedded(self) -> bool:
@@ -172,6 +174,7 @@ class Settings:
             telemetry=TelemetrySettings.from_env(env),
             service_token=(env.get("GUESTFEED_SERVICE_TOKEN") or "").strip() or None,
             notices=_retired(env),
+            tls=TlsSettings.from_env(env),
         )
 
 
