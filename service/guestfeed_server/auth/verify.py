@@ -14,6 +14,7 @@ Three kinds of token are accepted:
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jwt
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from ..domain.errors import PermissionDenied, Unauthenticated
 from .keys import KeyResolver
@@ -32,6 +34,10 @@ AUDIENCE = "authenticated"
 API_KEY_ISSUER = "supabase"
 # Clock skew tolerated on exp, nbf and iat.
 LEEWAY_S = 5.0
+# The NumericDate claims, checked by type and time in `_check_dates`.
+_DATES = ("exp", "nbf", "iat")
+# Cache expiry for tokens whose exp is absurdly far off (year 9999).
+_FAR_FUTURE_S = 253402300799.0
 # Headers that point at keys elsewhere. Keys come only from the configured
 # JWKS or secret; a token naming its own key is refused, never followed.
 _KEY_POINTERS = ("jku", "x5u", "jwk", "x5c")
@@ -97,24 +103,26 @@ class Authenticator:
                 token,
                 key=key.key,
                 algorithms=list(key.algorithms),
-                leeway=self._leeway,
-                # aud and iss depend on the kind of token; checked below.
-                options={"require": ["exp"], "verify_aud": False, "verify_iss": False},
+                # aud and iss depend on the kind of token, and the dates are
+                # checked below with their types: PyJWT reads "123" or true as
+                # a date and leaves a 400-digit exp for float() to crash on.
+                options={
+                    "require": ["exp"],
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated(
-                "the bearer token has expired; sign in again", "TOKEN_EXPIRED"
-            ) from None
-        except jwt.ImmatureSignatureError as exc:
-            claim = "nbf" if "nbf" in str(exc) else "iat"
-            raise Unauthenticated(
-                f"the bearer token is not valid yet: its '{claim}' is in the future "
-                f"(more than {self._leeway:g} s ahead of this server's clock); check the "
-                "issuer's clock, or wait",
-                "TOKEN_NOT_YET_VALID",
-            ) from None
         except jwt.MissingRequiredClaimError as exc:
             raise _missing(exc.claim) from None
+        except InvalidSubjectError:
+            raise _bad_sub() from None
+        except InvalidJTIError:
+            raise Unauthenticated(
+                "the bearer token's 'jti' must be a string", "TOKEN_INVALID"
+            ) from None
         except jwt.InvalidAlgorithmError:
             raise Unauthenticated(
                 f"the bearer token's algorithm {str(header.get('alg'))[:20]!r} does not match "
@@ -125,7 +133,7 @@ class Authenticator:
             raise Unauthenticated(
                 "the bearer token is malformed or its signature does not verify", "TOKEN_INVALID"
             ) from None
-        exp = float(claims["exp"])
+        exp = self._check_dates(claims)
         # The role first: a verified anon key (or any other role) is a known
         # caller who may not use this service, whatever else it carries.
         role = _role(claims)
@@ -152,18 +160,62 @@ class Authenticator:
                 f"{self._issuer!r}; use a token of this project",
                 "TOKEN_WRONG_ISSUER",
             )
-        try:
-            user_id = uuid.UUID(str(claims["sub"]))
-        except ValueError:
-            raise Unauthenticated(
-                "the bearer token's 'sub' must be a user UUID", "TOKEN_INVALID"
-            ) from None
+        user_id = _user_id(claims["sub"])
         anonymous = claims.get("is_anonymous", False)
         if not isinstance(anonymous, bool):
             raise Unauthenticated(
                 "the bearer token's 'is_anonymous' must be true or false", "TOKEN_INVALID"
             )
         return Principal(user_id=user_id, role=role, anonymous=anonymous)
+
+    def _check_dates(self, claims: dict[str, Any]) -> float:
+        """Checks exp, nbf and iat (types, then times); returns exp for the cache."""
+        dates = {name: _numeric_date(claims, name) for name in _DATES if name in claims}
+        now = time.time()
+        if dates["exp"] <= now - self._leeway:
+            raise Unauthenticated("the bearer token has expired; sign in again", "TOKEN_EXPIRED")
+        for name in ("nbf", "iat"):
+            if name in dates and dates[name] > now + self._leeway:
+                raise Unauthenticated(
+                    f"the bearer token is not valid yet: its '{name}' is in the future "
+                    f"(more than {self._leeway:g} s ahead of this server's clock); check the "
+                    "issuer's clock, or wait",
+                    "TOKEN_NOT_YET_VALID",
+                )
+        return float(min(dates["exp"], _FAR_FUTURE_S))
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> int | float:
+    value = claims[name]
+    # bool is an int to Python, and NaN or Infinity parse from JSON: neither
+    # is a NumericDate (RFC 7519 section 2).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise Unauthenticated(
+            f"the bearer token's '{name}' must be a number of seconds since the epoch",
+            "TOKEN_INVALID",
+        )
+    return value
+
+
+def _user_id(sub: Any) -> uuid.UUID:
+    # uuid.UUID also reads braces, 'urn:uuid:', bare hex, hyphens anywhere,
+    # and (through int(..., 16)) '_' or spaces: one user, many spellings. A
+    # JWT's sub is an exact string, so only the 8-4-4-4-12 form names a user.
+    try:
+        user_id = uuid.UUID(sub) if isinstance(sub, str) else None
+    except ValueError:
+        user_id = None
+    if user_id is None or str(user_id) != sub.lower():
+        raise _bad_sub()
+    return user_id
+
+
+def _bad_sub() -> Unauthenticated:
+    return Unauthenticated("the bearer token's 'sub' must be a user UUID", "TOKEN_INVALID")
 
 
 def _api_key(claims: dict[str, Any]) -> Principal:
@@ -194,10 +246,19 @@ def _header(token: str) -> dict[str, Any]:
     try:
         header: dict[str, Any] = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError as exc:
-        if "critical" in str(exc):
+        # PyJWT's exception types do not tell these apart; its messages do
+        # ("Unsupported critical extension", "Invalid 'crit' header", "Key ID
+        # header parameter must be a string"), and anything else stays generic.
+        text = str(exc).lower()
+        if "crit" in text:
             raise Unauthenticated(
-                "the bearer token's 'crit' header names extensions this service does not support",
+                "the bearer token's 'crit' header is not accepted: it must be a list naming "
+                "extensions this service supports",
                 "TOKEN_INVALID",
+            ) from None
+        if "key id" in text:
+            raise Unauthenticated(
+                "the bearer token's 'kid' header must be a string", "TOKEN_INVALID"
             ) from None
         raise Unauthenticated(
             "the bearer token is malformed or its signature does not verify", "TOKEN_INVALID"
@@ -210,7 +271,12 @@ def _header(token: str) -> dict[str, Any]:
                 "TOKEN_INVALID",
             )
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg.lower() == "none":
+    if not isinstance(alg, str) or not alg:
+        raise Unauthenticated(
+            "the bearer token's header names no algorithm: 'alg' must be a string such as ES256",
+            "TOKEN_INVALID",
+        )
+    if alg.lower() == "none":
         # Named here, before any key lookup, so no configuration can let it by.
         raise Unauthenticated(
             f"the bearer token's algorithm {str(alg)[:20]!r} is not accepted: "
