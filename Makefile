@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 
-.PHONY: run test test-fast lint typecheck buf-lint generate check-generated migrate token clean bench help
+.PHONY: run test test-fast lint typecheck buf-lint generate check-generated migrate token clean bench soak fuzz help
 
 help:
 	@echo "make run       serve the demo event on the embedded PostgreSQL (127.0.0.1:50051)"
@@ -14,6 +14,8 @@ help:
 	@echo "make lint      ruff, mypy --strict, buf lint, generated code freshness"
 	@echo "make generate  regenerate generated/ from protos/"
 	@echo "make bench     read-path benchmark, every scale, and the 2,000-guest comparison (minutes)"
+	@echo "make fuzz      atheris on token verification and metadata parsing (FUZZ_SECONDS=60)"
+	@echo "make soak      50 clients for 5 minutes against one server: statuses, latency, growth"
 
 # One venv, rebuilt when the pins change. constraints.txt pins the transitive set.
 $(STAMP): pyproject.toml constraints.txt
@@ -51,6 +53,23 @@ check-generated: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench feed --scale all --json bench-results/feed.json
 	$(BIN)/python -m bench compare
+
+# N mixed clients for T seconds against one `guestfeed serve` on a temporary
+# embedded PostgreSQL (docs/soak.md); fails on an unexpected status or growth.
+SOAK_CLIENTS ?= 50
+SOAK_SECONDS ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m bench soak --clients $(SOAK_CLIENTS) --seconds $(SOAK_SECONDS) \
+		--json bench-results/soak.json
+
+# Coverage-guided fuzzing (atheris) of auth/ and the metadata edge, no server:
+# not part of `make test`. Crashes and the growing corpus stay in .guestfeed/fuzz/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[fuzz]'
+	@mkdir -p .guestfeed/fuzz/corpus
+	$(BIN)/python tests/fuzz/fuzz_token.py -max_total_time=$(FUZZ_SECONDS) \
+		-artifact_prefix=.guestfeed/fuzz/ .guestfeed/fuzz/corpus
 
 migrate: $(STAMP)
 	$(BIN)/guestfeed migrate

@@ -71,6 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare.add_argument("--messages", type=int, default=2000, help="default 2000")
     compare.add_argument("--runs", type=int, default=3, help="default 3")
     compare.set_defaults(func=_compare)
+    soak = kinds.add_parser(
+        "soak",
+        help="N mixed clients for T seconds against one server: statuses, latency, whether "
+        "anything grows (exits 1 when the verdict fails; docs/soak.md)",
+    )
+    soak.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    soak.add_argument(
+        "--seconds", type=float, default=300.0, help="length of the load (default 300)"
+    )
+    soak.add_argument(
+        "--channels", type=int, default=4, help="gRPC channels the clients share (default 4)"
+    )
+    soak.add_argument("--seed", type=int, help="the clients' random seed (default: random)")
+    _dsn(soak)
+    soak.add_argument("--json", type=Path, help="also write the raw figures here")
+    soak.set_defaults(func=_soak)
     ns = parser.parse_args(argv)
     result: int = ns.func(ns)
     return result
@@ -101,6 +117,21 @@ def _compare(ns: argparse.Namespace) -> int:
         raise SystemExit("python -m bench compare: --guests, --messages and --runs must be >= 1")
     print(compare.main_sync(ns.dsn, ns.guests, ns.messages, ns.runs))
     return 0
+
+
+def _soak(ns: argparse.Namespace) -> int:
+    from . import soak, soak_report
+
+    if ns.clients < 1 or ns.channels < 1 or ns.seconds <= 0:
+        raise SystemExit("python -m bench soak: --clients and --channels >= 1, --seconds > 0")
+    options = soak.SoakOptions(
+        clients=ns.clients, seconds=ns.seconds, channels=ns.channels, seed=ns.seed
+    )
+    report = asyncio.run(soak.run(options, ns.dsn))
+    if ns.json is not None:
+        soak_report.write_json(report, ns.json)
+    print(soak_report.markdown(report))
+    return 0 if report.passed else 1
 
 
 def _feed(ns: argparse.Namespace) -> int:

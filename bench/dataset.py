@@ -38,6 +38,7 @@ import hashlib
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -379,14 +380,21 @@ def _contract_index_ddl(name: str) -> str:
 
 
 async def generate(
-    conn: asyncpg.Connection, scale: str, *, stream_1m: bool = False, log: bool = False
+    conn: asyncpg.Connection,
+    scale: str,
+    *,
+    stream_1m: bool = False,
+    log: bool = False,
+    specs: Sequence[EventSpec] | None = None,
 ) -> Dataset:
     """Creates the production tables on an empty database, fills them, migrates, analyzes.
 
     `conn` must be a superuser's on a database of its own (a scratch one):
     this writes the production tables, which the service itself never does.
+    `specs` replaces the scale's events (then `scale` only names the dataset):
+    the soak brings its own mix of events.
     """
-    specs = specs_for(scale, stream_1m=stream_1m)
+    specs = list(specs) if specs is not None else specs_for(scale, stream_1m=stream_1m)
     data = Dataset(scale=scale, events={s.key: s for s in specs if s.key != "filler"})
 
     def say(msg: str) -> None:

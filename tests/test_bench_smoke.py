@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from bench import dataset, feed, peer
+from bench import dataset, feed, peer, soak, soak_kinds, soak_report
 
 from .conftest import scratch_database
 
@@ -92,3 +92,39 @@ async def test_small_scale_end_to_end(server_dsn: str) -> None:
     assert "peer (plan v2 SQL)" in text and "grpc v2" in text
     data = feed.to_json(report)
     assert {r["what"] for r in data["rows"]} == set(feed.WHATS)
+
+
+@pytest.mark.timeout(90)
+async def test_short_soak_reports_every_kind(server_dsn: str) -> None:
+    """A 5-second soak of 4 clients calls every kind, sees no unexpected status, and
+    reports the server's resources at the start, under load and at the end."""
+    options = soak.SoakOptions(
+        clients=4,
+        seconds=5,
+        channels=1,
+        seed=7,
+        flip_every_s=0.5,
+        hold_s=(0.2, 1.0),
+        sample_every_s=1.0,
+        settle_s=0.5,
+        events=soak.TINY_EVENTS,
+        log=False,
+    )
+    async with scratch_database(server_dsn, "guestfeed_bench_soak_smoke") as (name, dsn):
+        report = await soak.run_in(options, name, dsn)
+
+    assert [k.kind for k in report.kinds] == list(soak_kinds.KINDS)
+    for k in report.kinds:
+        assert k.calls > 0 and k.p50_ms is not None, k
+        assert not k.unexpected, (k.kind, k.statuses)
+    assert report.unexpected == 0, report.server_statuses
+    assert report.server_statuses["ListMessages"]["OK"] > 0
+    assert report.start.rss_mb > 0 and report.end.rss_mb > 0
+    assert report.end.pool_connections >= 1 and report.end.xacts > report.start.xacts
+    assert len(report.samples) >= 3
+    assert {c.what for c in report.verdict} >= {"unexpected statuses", "RSS", "open fds"}
+
+    text = soak_report.markdown(report)
+    assert "| stream_abandoned |" in text and "Verdict:" in text
+    data = soak_report.to_json(report)
+    assert data["unexpected"] == 0 and len(data["kinds"]) == len(soak_kinds.KINDS)
