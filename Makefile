@@ -4,16 +4,20 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-BUF_VERSION := 1.75.0
+# buf and protoc-gen-es: npm packages pinned in package.json/package-lock.json.
+NODE_STAMP := node_modules/.installed
+BUF        := node_modules/.bin/buf
 
-.PHONY: run test test-fast lint typecheck buf-lint generate check-generated migrate token clean bench soak fuzz help
+.PHONY: run test test-fast lint typecheck buf-lint breaking proto generate check-generated migrate token clean bench soak fuzz help ts-test
 
 help:
 	@echo "make run       serve the demo event on the embedded PostgreSQL (127.0.0.1:50051)"
 	@echo "make test      run the whole test suite"
-	@echo "make lint      ruff, mypy --strict, buf lint, generated code freshness"
-	@echo "make generate  regenerate generated/ from protos/"
-	@echo "make bench     read-path benchmark, every scale, and the 2,000-guest comparison (minutes)"
+	@echo "make lint      ruff, mypy --strict, buf lint and breaking, generated code freshness"
+	@echo "make proto     regenerate generated/ from protos/ (Python, TypeScript, Go; also: make generate)"
+	@echo "make breaking  buf breaking against the last commit that landed on main"
+	@echo "make ts-test   the TypeScript client (clients/typescript/) against serve --demo (Node 20+)"
+	@echo "make bench     read-path benchmark, every scale, the 2,000-guest comparison, live updates (minutes)"
 	@echo "make fuzz      atheris on token verification and metadata parsing (FUZZ_SECONDS=60)"
 	@echo "make soak      50 clients for 5 minutes against one server: statuses, latency, growth"
 
@@ -31,21 +35,43 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) check-generated typecheck buf-lint
+lint: $(STAMP) check-generated typecheck buf-lint breaking
 	$(BIN)/ruff check service clients tests scripts bench
 	$(BIN)/ruff format --check service clients tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# buf ships its binary inside the npm package; pinned, fetched by npx once.
-buf-lint:
-	npx --yes @bufbuild/buf@$(BUF_VERSION) lint
+# buf ships its binary inside the npm package; `npm ci` installs the pinned one.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
 
-generate: $(STAMP)
+buf-lint: $(NODE_STAMP)
+	$(BUF) lint
+
+# The protos against the last commit that landed on main (buf.yaml's FILE
+# rules): main's tip from another branch, else the previous commit.
+breaking: $(NODE_STAMP)
+	BUF=$(CURDIR)/$(BUF) bash scripts/buf_breaking.sh
+
+# The TypeScript client: tsc (pinned) type-checks clients/typescript/src/ and
+# compiles it to dist/, then Node's test runner runs it against a `guestfeed
+# serve --demo` it starts. `make test` runs the same through
+# tests/test_typescript_client.py, which skips, saying why, without node.
+ts-test: $(STAMP) $(NODE_STAMP)
+	node_modules/.bin/tsc -p clients/typescript
+	node --test clients/typescript/dist/client.test.js
+
+# Everything under generated/, from protos/ through buf.gen.yaml: Python,
+# TypeScript (generated/ts/) and Go (generated/go/; skipped, with the reason,
+# where the Debian Go tools are missing). Commit the result.
+proto: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
-check-generated: $(STAMP)
+generate: proto
+
+check-generated: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
 # Our v1/v2 read paths against the plan's SQL on generated data (issue 5):
@@ -53,6 +79,14 @@ check-generated: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench feed --scale all --json bench-results/feed.json
 	$(BIN)/python -m bench compare
+	$(BIN)/python -m bench watch --json bench-results/watch.json
+
+# Idle and read streams against this tree and the code before the stream fix
+# (061d408, extracted with git archive): docs/performance.md, "Streams".
+bench-streams: $(STAMP)
+	rm -rf .guestfeed/gf-before && mkdir -p .guestfeed/gf-before
+	git archive 061d408 | tar -x -C .guestfeed/gf-before
+	$(BIN)/python -m bench streams --before-src .guestfeed/gf-before --json bench-results/streams.json
 
 # N mixed clients for T seconds against one `guestfeed serve` on a temporary
 # embedded PostgreSQL (docs/soak.md); fails on an unexpected status or growth.

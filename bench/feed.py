@@ -30,6 +30,7 @@ from pathlib import Path
 
 import asyncpg
 
+from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.testing import embedded_server, scratch_database, spawn_server
 
 from . import dataset, peer
@@ -109,6 +110,16 @@ async def run_in(options: FeedOptions, dsn: str) -> FeedReport:
             conn, options.scale, stream_1m=options.stream_1m, log=options.log
         )
         say(f"dataset ready in {data.total_s:.1f}s: {data.counts}")
+        # The stored kill switch starts on (v2_enabled false), and it wins over
+        # a named model: switch it off so each model is measured by name.
+        current = await rollout_store.load(conn)
+        await rollout_store.update(
+            conn,
+            current.with_changes(v2_enabled=True),
+            expected_revision=current.revision,
+            actor="bench",
+            reason="the feed benchmark reads both models by name",
+        )
         await peer.install(conn)
         report = FeedReport(
             options=_options_json(options),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import pytest
 
 from bench import dataset, feed, peer, soak, soak_kinds, soak_report
+from bench.__main__ import main as bench_main
 
 from .conftest import scratch_database
 
@@ -128,3 +131,96 @@ async def test_short_soak_reports_every_kind(server_dsn: str) -> None:
     assert "| stream_abandoned |" in text and "Verdict:" in text
     data = soak_report.to_json(report)
     assert data["unexpected"] == 0 and len(data["kinds"]) == len(soak_kinds.KINDS)
+
+
+@pytest.mark.timeout(180)
+def test_streams_command_prints_every_row(
+    server_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m bench streams` with a 1-second window and 2 streams prints the idle
+    rows (after, before, before / after, for both client windows) and the unary rows (no
+    streams, default share, no share, before the fix), with no failed call. This tree
+    stands in for --before-src: the point is that a server runs from the given tree."""
+    root = Path(__file__).resolve().parent.parent
+    argv = [
+        "streams",
+        "--dsn",
+        server_dsn,
+        "--seconds",
+        "1",
+        "--idle-streams",
+        "2",
+        "--active-streams",
+        "2",
+        "--repeats",
+        "1",
+        "--messages",
+        "300",
+        "--before-src",
+        str(root),
+    ]
+    assert bench_main(argv) == 0
+    out = capsys.readouterr().out
+    for row in (
+        "| 0 |  | after |",
+        "| 0 |  | before |",
+        "| 2 | grpcio default (BDP) | after |",
+        "| 2 | grpcio default (BDP) | before |",
+        "| 2 | grpcio default (BDP) | **before / after** |",
+        "| 2 | 64 KB (no BDP) | after |",
+        "| 2 | 64 KB (no BDP) | **before / after** |",
+        "| 0 | 3 of 10 (default) | after |",
+        "| 2 | 3 of 10 (default) | after |",
+        "| 2 | 10 of 10 (no share) | after |",
+        "| 2 | none (before the fix) | before |",
+    ):
+        assert row in out, (row, out)
+    assert "Notes:" not in out, out
+
+
+@pytest.mark.timeout(180)
+async def test_watch_bench_measures_every_scenario(server_dsn: str) -> None:
+    """`python -m bench watch` with tiny settings: every scenario's watchers go live, get
+    every announcement (no receipt missing, no error), and the table has their rows
+    with the hub's queries split by kind."""
+    from bench import watch, watch_report
+
+    options = watch.WatchOptions(
+        scenarios=(watch_report.Scenario(1, 1), watch_report.Scenario(20, 10)),
+        seconds=2.0,
+        rate=3.0,
+        channels=4,
+        settle_s=2.0,
+        log=False,
+    )
+    async with scratch_database(server_dsn, "guestfeed_bench_watch_smoke") as (name, dsn):
+        report = await watch.run_in(options, name, dsn)
+    assert [r.scenario for r in report.runs] == list(options.scenarios)
+    for r in report.runs:
+        assert r.errors == {} and r.server_exit == 0, r
+        assert r.messages == 6 and r.missing == 0 and r.expected_receipts > 0, r
+        assert r.hub_queries.get("horizon", 0) > 0 and r.pct(50) is not None
+    text = watch_report.markdown(report)
+    assert "| 1 watcher on one event |" in text and "| 20 watchers on 10 events |" in text
+    data = watch_report.to_json(report)
+    assert data["runs"][1]["receipts"] == data["runs"][1]["expected_receipts"]
+
+
+@pytest.mark.timeout(120)
+async def test_workers_bench_measures_one_and_two_workers(server_dsn: str) -> None:
+    """`python -m bench workers` with tiny rounds: 1 and 2 workers both serve V2 pages
+    without an error and exit 0, calls reach both workers, and the table compares them."""
+    from bench import workers
+
+    # 12 clients, 12 connections: the kernel puts them all on one worker 1 time in 2,048.
+    options = workers.WorkersOptions(
+        rounds=1, seconds=0.5, warmup_s=0.2, clients=12, scale="small", log=False
+    )
+    async with scratch_database(server_dsn, "guestfeed_bench_workers_smoke") as (name, dsn):
+        report = await workers.run_in(options, name, dsn)
+    assert [r.workers for r in report.rounds] == [1, 2]
+    for r in report.rounds:
+        assert r.errors == {} and r.requests > 0 and r.p99_ms >= r.p50_ms > 0, r
+        assert len(r.calls_per_worker) == r.workers, r
+    text = workers.markdown(report)
+    assert "| 1 x 10 | 1 |" in text and "| 2 x 10 | 1 |" in text

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfeed_server.domain.budget import Budget
-from guestfeed_server.domain.errors import Unavailable
+from guestfeed_server.domain.budget import Budget, Lane
+from guestfeed_server.domain.errors import DeadlineExceeded, Unavailable
 from guestfeed_server.storage.database import Database, FairGate, create_pool
 
 from . import conftest
@@ -205,3 +205,79 @@ def test_gate_admits_in_arrival_order_and_never_loses_a_slot(
     size: int, ops: list[tuple[str, int]]
 ) -> None:
     asyncio.run(_gate_scenario(size, ops))
+
+
+class TestBulkLane:
+    async def test_bulk_work_is_capped_while_short_calls_get_the_rest(
+        self, server_dsn: str
+    ) -> None:
+        """With the bulk lane (1 of 3 connections) held, another bulk borrower waits out its
+        budget while short calls are served at once from the rest of the pool."""
+        async with scratch_database(server_dsn, "guestfeed_lane") as (_, dsn):
+            settings = conftest.test_settings(
+                GUESTFEED_DB_POOL_MIN="3", GUESTFEED_DB_POOL_MAX="3", GUESTFEED_DB_BULK_SHARE="1"
+            )
+            db = await Database.open(dsn, settings)
+            try:
+                assert db.bulk_share == 1
+                async with db.acquire(Budget(5, lane=Lane.BULK)):
+                    with pytest.raises(Unavailable):
+                        async with db.acquire(Budget(0.1, lane=Lane.BULK)):
+                            pass  # pragma: no cover - never admitted
+                    async with (
+                        db.acquire(Budget(1)) as a,
+                        db.acquire(Budget(1)) as b,
+                    ):
+                        assert await a.fetchval("SELECT 1") == await b.fetchval("SELECT 1") == 1
+                    assert db.waiting == 0
+                # Released, the lane admits the next bulk borrower.
+                async with db.acquire(Budget(1, lane=Lane.BULK)) as conn:
+                    assert await conn.fetchval("SELECT 2") == 2
+            finally:
+                await db.close()
+
+    async def test_bulk_work_queues_past_one_query_timeout_but_not_past_its_deadline(
+        self, server_dsn: str
+    ) -> None:
+        """Queueing for the bulk share is throttling: a borrower waits longer than its query
+        timeout for a slot that frees up, but never past the caller's own deadline."""
+        async with scratch_database(server_dsn, "guestfeed_lane_queue") as (_, dsn):
+            settings = conftest.test_settings(
+                GUESTFEED_DB_POOL_MIN="2", GUESTFEED_DB_POOL_MAX="2", GUESTFEED_DB_BULK_SHARE="1"
+            )
+            db = await Database.open(dsn, settings)
+            try:
+                held = asyncio.Event()
+                release = asyncio.Event()
+
+                async def holder() -> None:
+                    async with db.acquire(Budget(5, lane=Lane.BULK)):
+                        held.set()
+                        await release.wait()
+
+                task = asyncio.create_task(holder())
+                await held.wait()
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.5, release.set)
+                started = loop.time()
+                async with db.acquire(Budget(0.2, lane=Lane.BULK)) as conn:
+                    assert await conn.fetchval("SELECT 1") == 1
+                assert loop.time() - started >= 0.45  # waited 2.5 query timeouts
+                await task
+
+                release.clear()
+                held.clear()
+                task = asyncio.create_task(holder())
+                await held.wait()
+                with pytest.raises(DeadlineExceeded):
+                    async with db.acquire(Budget.of(0.2, 0.3, Lane.BULK)):
+                        pass  # pragma: no cover - never admitted
+                release.set()
+                await task
+            finally:
+                await db.close()
+
+    def test_the_default_share_is_a_third_of_the_pool(self) -> None:
+        """GUESTFEED_DB_BULK_SHARE unset: a third of the pool, at least one connection."""
+        limits = conftest.test_settings().limits
+        assert [limits.db_bulk_share(n) for n in (1, 2, 3, 10, 30)] == [1, 1, 1, 3, 10]

@@ -45,6 +45,8 @@ OWN_RELATIONS = {
     ("rollout_config_pkey", "i"),
     ("rollout_changes", "r"),
     ("rollout_changes_pkey", "i"),
+    ("heartbeat", "r"),
+    ("heartbeat_pkey", "i"),
 }
 
 
@@ -238,11 +240,11 @@ class TestEmptyDatabase:
             )
 
     async def test_records_every_version_in_order(self, new_db: NewDb) -> None:
-        """guestfeed.schema_migrations holds exactly 0001..0009; the schema holds only our state."""
+        """guestfeed.schema_migrations holds exactly 0001..0010; the schema holds only our state."""
         conn = (await new_db()).conn
         await migrate(conn)
         versions = [v for v, _, _ in await recorded(conn)]
-        assert versions == [f"{i:04d}" for i in range(1, 10)]
+        assert versions == [f"{i:04d}" for i in range(1, 11)]
         assert await own_schema_relations(conn) == OWN_RELATIONS
 
 
@@ -406,10 +408,10 @@ class TestInvalidIndexRepair:
 
 class TestMissingVersions:
     async def test_lists_every_version_before_and_none_after(self, new_db: NewDb) -> None:
-        """missing_versions lists 0001..0009 on an empty database and nothing after migrate."""
+        """missing_versions lists 0001..0010 on an empty database and nothing after migrate."""
         conn = (await new_db()).conn
         assert await missing_versions(conn) == list(REQUIRED_VERSIONS)
-        assert list(REQUIRED_VERSIONS) == [f"{i:04d}" for i in range(1, 10)]
+        assert list(REQUIRED_VERSIONS) == [f"{i:04d}" for i in range(1, 11)]
         await migrate(conn)
         assert await missing_versions(conn) == []
 

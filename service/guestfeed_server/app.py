@@ -4,9 +4,11 @@ Resources are acquired in order and pushed on one `AsyncExitStack`:
 telemetry, the embedded PostgreSQL (if any), the pool, the JWKS, the
 rollout, health, background jobs, the gRPC server. Any exit, a failed
 start-up included, releases them in reverse: health NOT_SERVING first, then
-`server.stop(grace)` lets in-flight RPCs finish, then the jobs, the rollout,
-the JWKS, the pool, the embedded server, and last the telemetry flush (so
-the final RPCs' spans are exported too).
+the drain (still serving for GUESTFEED_SHUTDOWN_DRAIN_S while load balancers
+stop routing here), then every WatchMessages call ends (resumable), then
+`server.stop(grace)` lets in-flight RPCs finish, then the jobs (the watch
+hub among them), the rollout, the JWKS, the pool, the embedded server, and
+last the telemetry flush (so the final RPCs' spans are exported too).
 """
 
 from __future__ import annotations
@@ -25,28 +27,29 @@ from .api.server import (
     ROLLOUT_HEALTH_NAME,
     ROLLOUT_NOTIFY_HEALTH_NAME,
     SERVICE_NAMES,
+    WATCH_EXACT_HEALTH_NAME,
     build_server,
 )
 from .auth import Authenticator, JwksError, JwksKeys, KeySet
 from .auth.keyring import Keys, keys_for
 from .domain.budget import Budget
-from .domain.model import ReadModel
-from .feed import FeedReader, PageTokens
-from .feed.shadow import ShadowReads
+from .feed.readiness import ReadPathHealth
+from .feed.watch_hub import WatchHub
+from .replication import start_read_replicas
 from .rollout import RolloutConfig, RolloutPolicy
 from .rollout import store as rollout_store
-from .rollout.admin import RolloutAdmin
-from .rollout.compare import ReadModelComparison
-from .rollout.guard import Guard
 from .rollout.live import RolloutState
 from .settings import PoolMode, Settings, StartupError, parse_listen
-from .storage import Database, make_store
+from .storage import Database
 from .storage.connect import connect
 from .storage.embedded import start_embedded
+from .storage.migrate import APPLICATION_NAME as MIGRATE_APPLICATION_NAME
 from .storage.migrate import MigrationError, migrate, missing_page_functions, missing_versions
+from .storage.replicas import ReadRouter
 from .storage.sms import sms_snapshot
 from .telemetry import Telemetry, untraced
 from .telemetry.sms import SmsHealthJob
+from .uses import health_budget, use_cases
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ class App:
     telemetry: Telemetry
     rollout: RolloutState | None
     jwks: JwksKeys | None
+    # Live updates: the replica's one hub (docs/watch.md).
+    watch: WatchHub | None = None
+    # Read replicas' router (storage/replicas.py); None without replicas.
+    replicas: ReadRouter | None = None
 
     @property
     def address(self) -> str:
@@ -110,6 +117,8 @@ async def running(
         db = await Database.open(dsn, settings)
         stack.push_async_callback(db.close)
         await _check_migrated(db, settings)
+        # Read replicas (GUESTFEED_REPLICA_DATABASE_URLS), else None: all on the primary.
+        router = await start_read_replicas(stack, db, dsn, settings, telemetry)
         keys = keys_for(settings)
         jwks = await _start_jwks(jwks, settings)
         if jwks is not None:
@@ -119,11 +128,16 @@ async def running(
             state = await _start_rollout(db, dsn, settings)
             stack.push_async_callback(state.stop)
             rollout = state
-        uses = _use_cases(db, rollout, state, keys, telemetry, settings)
+        uses = use_cases(db, rollout, state, keys, telemetry, settings, router)
         stack.push_async_callback(uses.shadow.stop)
+        # Its tick loop starts with the first watch; this probe says at once
+        # (in the log and in health) whether the horizon can be exact.
+        stack.push_async_callback(uses.hub.stop)
+        with untraced():
+            await uses.hub.probe()
         uses.guard.start()
         stack.push_async_callback(uses.guard.stop)
-        health = _health(db, state, jwks, settings)
+        health = _health(db, state, jwks, uses.read_path, uses.hub, settings)
         with untraced():
             await health.probe()
         health.start()
@@ -151,20 +165,49 @@ async def running(
             health=health,
             telemetry=telemetry,
             identify_clients=settings.tls.mutual,
+            watcher=uses.watcher,
+            max_connection_age_s=settings.max_connection_age_s,
+            max_connection_age_grace_s=settings.max_connection_age_grace_s,
+            reuse_port=settings.reuse_port,
         )
         # Plaintext or TLS; a "cannot listen" or unusable TLS file is a StartupError.
         port = tls.bind(server, settings)
         await server.start()
         stack.push_async_callback(server.stop, settings.shutdown_grace_s)
+        # Watches never end by themselves: end them (resumable) before the
+        # grace period, which is then left to calls that do end.
+        stack.callback(uses.hub.end_watches)
+        if settings.shutdown_drain_s > 0:
+            stack.push_async_callback(_drain, settings.shutdown_drain_s)
         # Pushed last, so on the way out it runs first: load balancers see
         # NOT_SERVING before the server stops taking calls.
         stack.push_async_callback(health.enter_shutdown)
-        yield App(settings, port, dsn, keys, db, health, telemetry, state, jwks)
+        yield App(
+            settings, port, dsn, keys, db, health, telemetry, state, jwks, uses.hub, replicas=router
+        )
+
+
+async def _drain(seconds: float) -> None:
+    """Serves on with health NOT_SERVING until load balancers stop routing here:
+    Kubernetes sends SIGTERM as it removes the pod from its endpoints, and every
+    node's proxy learns of that later, so calls keep arriving meanwhile. A second
+    signal still ends the process at once (see `graceful_exit`)."""
+    log.info(
+        "draining: health NOT_SERVING, still serving for %g s (GUESTFEED_SHUTDOWN_DRAIN_S)",
+        seconds,
+    )
+    await asyncio.sleep(seconds)
+    log.info("drain over: refusing new calls; in-flight calls get the grace period")
 
 
 async def _migrate(dsn: str, settings: Settings) -> None:
     # On a session of its own: migrate takes an advisory lock.
-    conn = await connect(dsn, settings.session_url_variable, timeout=settings.connect_timeout_s)
+    conn = await connect(
+        dsn,
+        settings.session_url_variable,
+        timeout=settings.connect_timeout_s,
+        application_name=MIGRATE_APPLICATION_NAME,
+    )
     try:
         with untraced():
             await migrate(conn)
@@ -235,91 +278,45 @@ async def _start_rollout(db: Database, dsn: str, settings: Settings) -> RolloutS
     return state
 
 
-@dataclass
-class UseCases:
-    """The use cases a replica serves, wired to its database and telemetry."""
-
-    reader: FeedReader
-    admin: RolloutAdmin
-    comparison: ReadModelComparison
-    shadow: ShadowReads
-    guard: Guard
-
-
-def _use_cases(
-    db: Database,
-    policy: RolloutPolicy,
-    state: RolloutState | None,
-    keys: Keys,
-    telemetry: Telemetry,
-    settings: Settings,
-) -> UseCases:
-    telemetry.sources.pool_in_use = db.in_use
-    telemetry.sources.pool_idle = db.idle
-    telemetry.sources.pool_waiting = lambda: db.waiting
-    stores = {m: make_store(m, db) for m in ReadModel}
-    admin = RolloutAdmin(
-        db,
-        deploy_v2_allowed=settings.deploy_v2_allowed,
-        query_timeout_s=settings.query_timeout_s,
-        applied=state.apply if state is not None else None,
-    )
-
-    def stored() -> RolloutConfig | None:
-        # The live config, or a fixed policy's (tests, tools).
-        config = getattr(policy, "config", None)
-        return config if isinstance(config, RolloutConfig) else None
-
-    guard = Guard(
-        admin, stored, replica=settings.replica_name, interval_s=settings.guard_interval_s
-    )
-    shadow = ShadowReads(
-        stores,
-        telemetry.metrics,
-        telemetry.tracer,
-        rate=lambda: config.shadow_sample_rate if (config := stored()) else 0.0,
-        timeout_s=settings.query_timeout_s,
-        listener=guard.observe_shadow,
-    )
-    reader = FeedReader(
-        stores,
-        policy,
-        PageTokens(keys.page_token_keys),
-        query_timeout_s=settings.query_timeout_s,
-        shadow=shadow,
-        observe=guard.observe_page,
-    )
-    return UseCases(reader, admin, ReadModelComparison(db), shadow, guard)
-
-
 def _health(
     db: Database,
     state: RolloutState | None,
     jwks: JwksKeys | None,
+    read_path: ReadPathHealth,
+    hub: WatchHub,
     settings: Settings,
 ) -> DatabaseHealth:
     components = {
         # NOT_SERVING while this replica runs on the fail-safe (v1) config.
         ROLLOUT_HEALTH_NAME: lambda: state is None or not state.fail_safe,
         ROLLOUT_NOTIFY_HEALTH_NAME: lambda: state is None or state.listening,
+        # NOT_SERVING while live updates run in safe mode (no pg_read_all_stats).
+        WATCH_EXACT_HEALTH_NAME: lambda: hub.exact,
     }
     if jwks is not None:
         keys = jwks
         components[JWKS_HEALTH_NAME] = lambda: keys.healthy
-    budget = Budget(min(settings.query_timeout_s, 2.0))
+    budget = health_budget(settings)
     return DatabaseHealth(
         lambda: db.ping(budget),
         SERVICE_NAMES,
         interval_s=settings.health_interval_s,
         timeout_s=budget.cap_s,
         components=components,
+        read_path=read_path,
     )
 
 
 @contextlib.contextmanager
 def graceful_exit(stop: asyncio.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set `stop`; a second signal exits at once (grpclib's
-    `graceful_exit`). The handlers are removed again on the way out."""
+    `graceful_exit`). The handlers are removed again on the way out.
+
+    The shutdown itself (drain, grace) runs after this block, with both
+    signals back at their default action: a second one then ends the process
+    at once, killed by it, also for SIGINT (whose Python default would raise
+    KeyboardInterrupt with a traceback and let the shutdown carry on unwinding).
+    """
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
 
@@ -336,3 +333,5 @@ def graceful_exit(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if stop.is_set():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,7 +11,7 @@ import grpc
 from guestfeed.v1 import rollout_pb2, rollout_pb2_grpc
 
 from ..auth import Authenticator
-from ..domain.budget import Budget
+from ..domain.budget import Budget, Lane
 from ..domain.errors import FieldViolation, InvalidArgument, PermissionDenied
 from ..feed.query import coerce_page_size
 from ..rollout import Reason, RolloutPolicy
@@ -156,7 +156,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         if violations or event is None:
             raise InvalidArgument.of(*violations)
         # Each batch may take longer than a page; the caller's deadline bounds the whole.
-        budget = Budget.of(_COMPARE_BATCH_S, context.time_remaining())
+        # A comparison holds its connection for seconds: bulk work, not a short call.
+        budget = Budget.of(_COMPARE_BATCH_S, context.time_remaining(), Lane.BULK)
         async for item in self._comparison.compare(who, event, user, budget):
             yield compare_convert.comparison_pb(item)
 

@@ -9,6 +9,7 @@ import contextlib
 from ..settings import ConfigError, PoolMode, Settings
 from ..storage.connect import connect
 from ..storage.embedded import start_embedded
+from ..storage.migrate import APPLICATION_NAME as MIGRATE_APPLICATION_NAME
 from ..storage.migrate import migrate
 
 
@@ -38,7 +39,12 @@ def run(settings: Settings, ns: argparse.Namespace) -> int:
 
 
 async def _migrate(dsn: str, settings: Settings) -> list[str]:
-    conn = await connect(dsn, settings.session_url_variable, timeout=settings.connect_timeout_s)
+    conn = await connect(
+        dsn,
+        settings.session_url_variable,
+        timeout=settings.connect_timeout_s,
+        application_name=MIGRATE_APPLICATION_NAME,
+    )
     try:
         return await migrate(conn)
     finally:

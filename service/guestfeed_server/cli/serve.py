@@ -7,10 +7,13 @@ import asyncio
 import logging
 import shlex
 
-from ..app import App, graceful_exit, running
+from ..app import graceful_exit, running
 from ..auth import mint
+from ..auth.keyring import Keys
 from ..settings import Settings, TlsSettings
+from ..settings.workers import WorkerRole, WorkerSettings
 from ..storage.connect import connect
+from . import workers
 from .demo import seed_demo
 
 log = logging.getLogger("guestfeed")
@@ -28,46 +31,59 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(settings: Settings, ns: argparse.Namespace) -> int:
-    """Serves until a signal; a second signal exits at once."""
+    """Serves until a signal; a second signal exits at once.
+
+    With GUESTFEED_WORKERS > 1 this process is the parent of that many
+    workers (cli/workers.py); each worker runs the rest of this module.
+    """
+    role = WorkerSettings.from_env()
+    if role.supervise:
+        return workers.run_parent(settings, role.count, demo=_demo if ns.demo else None)
+    if role.role is not None:
+        settings = workers.as_worker(settings, role.role)
     # asyncio's own loop: uvloop was measured here and did not help
     # (docs/performance.md), so it is not a dependency.
-    return asyncio.run(_serve(settings, demo=ns.demo))
+    return asyncio.run(_serve(settings, demo=ns.demo, role=role.role))
 
 
-async def _serve(settings: Settings, *, demo: bool) -> int:
+async def _serve(settings: Settings, *, demo: bool, role: WorkerRole | None = None) -> int:
     # The embedded database is ours to migrate; a real one is migrated by
     # `guestfeed migrate` with a role that may, never by serve (--demo aside).
+    stop = asyncio.Event()
     async with running(settings, migrate_first=settings.embedded or demo) as app:
-        log.info(
-            "guestfeed serving on %s (database: %s)",
-            app.address,
-            "embedded" if settings.embedded else "GUESTFEED_DATABASE_URL",
-        )
-        if demo:
-            await _demo(app)
-        stop = asyncio.Event()
-        with graceful_exit(stop):
+        # The handlers go in before "serving on" is logged: a SIGTERM sent as
+        # soon as that line appears still drains. The shutdown itself runs
+        # after this block, with the signals back at their defaults.
+        with graceful_exit(stop), workers.lifeline(role, stop):
+            if role is not None:
+                workers.announce(role, app)
+            else:
+                log.info(
+                    "guestfeed serving on %s (database: %s)",
+                    app.address,
+                    "embedded" if settings.embedded else "GUESTFEED_DATABASE_URL",
+                )
+            if demo:
+                await _demo(app.dsn, app.keys, app.settings, app.address)
             await stop.wait()
     return 0
 
 
-async def _demo(app: App) -> None:
-    conn = await connect(app.dsn, "GUESTFEED_DATABASE_URL", timeout=10)
+async def _demo(dsn: str, keys: Keys, settings: Settings, address: str) -> None:
+    conn = await connect(dsn, "GUESTFEED_DATABASE_URL", timeout=10)
     try:
         info = await seed_demo(conn)
     finally:
         await conn.close()
-    if app.keys.jwt_secret is None:
+    if keys.jwt_secret is None:
         return
-    token = mint(
-        app.keys.jwt_secret, info.guest_user_id, ttl_s=24 * 3600, issuer=app.settings.jwt_issuer
-    )
+    token = mint(keys.jwt_secret, info.guest_user_id, ttl_s=24 * 3600, issuer=settings.jwt_issuer)
     banner = _banner(
-        app.address,
+        address,
         str(info.event_id),
         token,
         seeded=info.seeded,
-        flags=grpcurl_flags(app.settings.tls),
+        flags=grpcurl_flags(settings.tls),
     )
     print(banner, flush=True)
 

@@ -73,3 +73,7 @@ class Unavailable(GuestFeedError):
 
 class DeadlineExceeded(GuestFeedError):
     """The work did not finish within the caller's deadline."""
+
+
+class ResourceExhausted(GuestFeedError):
+    """The caller is at a limit (concurrent streams); retry once under it."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from ..domain.budget import Budget
+from ..domain.budget import Budget, Lane
 from ..domain.model import Cursor, FeedMessage, ReadModel, Viewer
 from ..domain.signals import ShadowResult
 from ..storage import FeedStore
@@ -129,7 +129,11 @@ class ShadowReads:
         with self._tracer.start_as_current_span("guestfeed.shadow_read", links=[link]) as span:
             try:
                 read = await self._v2.read(
-                    viewer.event_id, viewer.user_id, None, window, Budget(self._timeout)
+                    viewer.event_id,
+                    viewer.user_id,
+                    None,
+                    window,
+                    Budget(self._timeout, lane=Lane.BULK),
                 )
             except asyncio.CancelledError:
                 raise

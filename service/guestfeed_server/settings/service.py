@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .health import ReadPathSettings, env_seconds_or_zero
+from .limits import LimitSettings
+from .replicas import ReplicaSettings
 from .telemetry import TelemetrySettings
 from .tls import TlsSettings
 from .values import (
@@ -17,11 +20,14 @@ from .values import (
     env_bool,
     env_float,
     env_int,
+    env_seconds_or_unset,
     http_url,
     page_token_secrets,
     parse_listen,
     postgres_url,
+    with_secret_files,
 )
+from .watch import WatchSettings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -83,6 +89,26 @@ class Settings:
     # Things to say at start-up about the environment (retired variables).
     notices: tuple[str, ...] = ()
     tls: TlsSettings = field(default_factory=TlsSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # On SIGTERM, how long health says NOT_SERVING while calls are still
+    # served, before `shutdown_grace_s` starts: load balancers (a Kubernetes
+    # Service's endpoints) need that long to stop routing here. 0: no drain.
+    shutdown_drain_s: float = 0.0
+    # When health's guestfeed.read_path (and guestfeed.ready) say NOT_SERVING.
+    read_path: ReadPathSettings = field(default_factory=ReadPathSettings)
+    # Live updates: the hub's tick, heartbeats, buffers, the safe mode.
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    # GUESTFEED_MAX_CONNECTION_AGE_S / _GRACE_S: gRPC's max_connection_age(_grace)
+    # server options, so clients reconnect (and spread over new replicas).
+    # None: no limit.
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float | None = None
+    # Read replicas for feed pages (GUESTFEED_REPLICA_*); none by default.
+    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
+    # SO_REUSEPORT on the gRPC port: on for the workers of GUESTFEED_WORKERS,
+    # which share one port; off otherwise, so a port already taken (another
+    # server's included) stops start-up. Not read from the environment.
+    reuse_port: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -108,7 +134,8 @@ class Settings:
         Raises:
             ConfigError: a variable is malformed; the message names it.
         """
-        env = os.environ if env is None else env
+        # Secrets may come from files (GUESTFEED_JWT_SECRET_FILE, ...): read them in first.
+        env = with_secret_files(os.environ if env is None else env)
         database_url = postgres_url(env, "GUESTFEED_DATABASE_URL")
         secret = env.get("GUESTFEED_JWT_SECRET") or None
         if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
@@ -148,6 +175,7 @@ class Settings:
                 f"GUESTFEED_DB_POOL_MIN ({pool_min}) must not exceed "
                 f"GUESTFEED_DB_POOL_MAX ({pool_max})"
             )
+        max_age, max_age_grace = _connection_age(env)
         return cls(
             database_url=database_url,
             jwt_secret=secret,
@@ -175,7 +203,25 @@ class Settings:
             service_token=(env.get("GUESTFEED_SERVICE_TOKEN") or "").strip() or None,
             notices=_retired(env),
             tls=TlsSettings.from_env(env),
+            limits=LimitSettings.from_env(env),
+            shutdown_drain_s=env_seconds_or_zero(env, "GUESTFEED_SHUTDOWN_DRAIN_S", 0.0),
+            read_path=ReadPathSettings.from_env(env),
+            watch=WatchSettings.from_env(env),
+            max_connection_age_s=max_age,
+            max_connection_age_grace_s=max_age_grace,
+            replicas=ReplicaSettings.from_env(env),
         )
+
+
+def _connection_age(env: Mapping[str, str]) -> tuple[float | None, float | None]:
+    age = env_seconds_or_unset(env, "GUESTFEED_MAX_CONNECTION_AGE_S")
+    grace = env_seconds_or_unset(env, "GUESTFEED_MAX_CONNECTION_AGE_GRACE_S")
+    if grace is not None and age is None:
+        raise ConfigError(
+            "GUESTFEED_MAX_CONNECTION_AGE_GRACE_S needs GUESTFEED_MAX_CONNECTION_AGE_S: the "
+            "grace is how long calls may go on after a connection reaches that age"
+        )
+    return age, grace
 
 
 def _retired(env: Mapping[str, str]) -> tuple[str, ...]:

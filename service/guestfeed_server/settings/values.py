@@ -7,11 +7,27 @@ a nonsense pool size fails later, under load, where it is harder to read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # HS256 keys shorter than the hash output weaken it (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
+
+# The settings that hold secrets: each may instead name a file holding the
+# value in VAR_FILE (a Kubernetes Secret volume, a Docker or compose secret).
+SECRET_SETTINGS = (
+    "GUESTFEED_DATABASE_URL",
+    "GUESTFEED_DIRECT_DATABASE_URL",
+    "GUESTFEED_JWT_SECRET",
+    "GUESTFEED_PAGE_TOKEN_SECRET",
+    "GUESTFEED_SERVICE_TOKEN",
+    "GUESTFEED_REPLICA_DATABASE_URLS",
+)
+# Larger than any URL or key list: a wrong path (a log, /dev/zero) is refused
+# instead of read whole.
+_MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -22,6 +38,89 @@ class StartupError(ConfigError):
     """A dependency named by the settings cannot be used at start-up (the
     database refuses, the JWKS cannot be fetched); the message names the
     variable and the cause."""
+
+
+def env_or_file(env: Mapping[str, str], name: str) -> str | None:
+    """`name`'s value, or the contents of the file `name`_FILE names.
+
+    The file's one trailing newline (`echo`, most editors) is dropped;
+    anything else in it is the value. An empty variable counts as unset.
+
+    Raises:
+        ConfigError: both are set, or the file cannot be read, is empty, is
+            not UTF-8 text or is implausibly large. The message names the
+            variable and the path, never the contents.
+    """
+    value = env.get(name) or None
+    file_variable = f"{name}_FILE"
+    path_text = (env.get(file_variable) or "").strip()
+    if not path_text:
+        return value
+    if value is not None:
+        raise ConfigError(
+            f"{name} and {file_variable} are both set: set one of them (the value, or the "
+            "path of a file that holds it)"
+        )
+    path = Path(path_text).expanduser()
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"{file_variable}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    if len(data) > _MAX_SECRET_FILE_BYTES:
+        raise ConfigError(
+            f"{file_variable}: {path} is larger than {_MAX_SECRET_FILE_BYTES} bytes; "
+            "it should hold only the value"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_variable}: {path} is not UTF-8 text") from None
+    # One line ending, as `echo` or an editor leaves it; nothing else is trimmed.
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            text = text[: -len(ending)]
+            break
+    if not text:
+        raise ConfigError(f"{file_variable}: {path} is empty")
+    return text
+
+
+def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` with each of `SECRET_SETTINGS` read from its _FILE variant where one is set.
+
+    Raises:
+        ConfigError: see `env_or_file`.
+    """
+    from_files: dict[str, str] = {}
+    for name in SECRET_SETTINGS:
+        value = env_or_file(env, name)
+        if value is not None and (env.get(f"{name}_FILE") or "").strip():
+            from_files[name] = value
+    return {**env, **from_files} if from_files else env
+
+
+def env_seconds_or_unset(env: Mapping[str, str], name: str) -> float | None:
+    """A duration > 0 that is off when unset, for gRPC core's millisecond options.
+
+    Raises:
+        ConfigError: not a finite number of seconds > 0 that fits gRPC's
+            32-bit milliseconds (about 24 days); the message names `name`.
+    """
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0 or value * 1000 > 2**31 - 1:
+        raise ConfigError(
+            f"{name} must be a number of seconds > 0 and at most {(2**31 - 1) // 1000}, got {raw!r}"
+        )
+    return value
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from ..domain.budget import Budget
+from ..domain.budget import Budget, Lane
 from ..domain.errors import GuestFeedError
 from ..settings import PoolMode, Settings
 from ..telemetry import untraced
@@ -65,19 +65,34 @@ async def _session_setup(conn: asyncpg.Connection) -> None:
         await conn.execute(SESSION_PLANNER_SQL)
 
 
-async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    settings: Settings,
+    *,
+    variable: str = "GUESTFEED_DATABASE_URL",
+    max_size: int | None = None,
+) -> asyncpg.Pool:
     """One pool for the process; sizes and timeouts come from validated settings.
+
+    A read replica's pool (storage/replicas.py) names its own `variable` in
+    errors and may have its own `max_size`.
 
     Raises:
         StartupError: the database cannot be reached (one line, no URL secrets).
     """
     per_transaction = settings.pool_mode is PoolMode.TRANSACTION
+    size = settings.pool_max_size if max_size is None else max_size
     try:
         pool = await asyncpg.create_pool(
             dsn,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
+            min_size=min(settings.pool_min_size, size),
+            max_size=size,
             timeout=settings.connect_timeout_s,
+            # Calls pass their own (shorter) budget; this default also bounds
+            # asyncpg's cancel of a timed-out or cancelled query, sent on a new
+            # connection that an unreachable server would leave hanging. Past
+            # it the connection is dropped, so the pool slot and a shutdown never
+            # wait on it (tests/test_deadlines.py). Never None.
             command_timeout=settings.query_timeout_s,
             connection_class=PooledConnection,
             server_settings={"application_name": "guestfeed"},
@@ -88,7 +103,7 @@ async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
             statement_cache_size=0 if per_transaction else 100,
         )
     except CONNECT_ERRORS as exc:
-        raise connect_failure("GUESTFEED_DATABASE_URL", dsn, exc) from None
+        raise connect_failure(variable, dsn, exc) from None
     assert pool is not None
     return pool
 
@@ -145,11 +160,18 @@ class Database:
     translating driver errors into domain errors.
     """
 
-    def __init__(self, pool: asyncpg.Pool, mode: PoolMode = PoolMode.SESSION) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, mode: PoolMode = PoolMode.SESSION, bulk_share: int | None = None
+    ) -> None:
         self.pool = pool
         self.mode = mode
         self.waiting = 0
         self._gate = FairGate(pool.get_max_size())
+        # BULK work (streams, shadow reads, comparisons) first passes a gate of
+        # its own: at most `bulk_share` connections, so the rest of the pool
+        # stays for short calls however many streams are being read.
+        self.bulk_share = min(bulk_share or pool.get_max_size(), pool.get_max_size())
+        self._bulk = FairGate(self.bulk_share)
         self._releasing: set[asyncio.Task[None]] = set()
         # Made once: entering `untraced()` for every release is measurable.
         with untraced():
@@ -158,7 +180,8 @@ class Database:
     @classmethod
     async def open(cls, dsn: str, settings: Settings) -> Database:
         """Opens the pool the settings describe (see `create_pool`)."""
-        return cls(await create_pool(dsn, settings), settings.pool_mode)
+        pool = await create_pool(dsn, settings)
+        return cls(pool, settings.pool_mode, settings.limits.db_bulk_share(settings.pool_max_size))
 
     async def close(self) -> None:
         """Closes the pool once the connections lent out are back."""
@@ -177,16 +200,24 @@ class Database:
         release) would otherwise sit on every RPC's path.
         """
         conn: PoolConnectionProxy | None = None
+        bulk = budget.lane is Lane.BULK
         try:
-            entered = self._gate.try_enter()
-            if entered and self.pool.get_idle_size() > 0:
-                try:
-                    conn = await self.pool.acquire()
-                except BaseException:
-                    self._gate.exit()
-                    raise
-            else:
-                conn = await self._acquire_waiting(entered, budget.seconds())
+            if bulk:
+                await self._enter_bulk(budget)
+            try:
+                entered = self._gate.try_enter()
+                if entered and self.pool.get_idle_size() > 0:
+                    try:
+                        conn = await self.pool.acquire()
+                    except BaseException:
+                        self._gate.exit()
+                        raise
+                else:
+                    conn = await self._acquire_waiting(entered, budget.seconds())
+            except BaseException:
+                if bulk:
+                    self._bulk.exit()
+                raise
             yield conn
         except (GuestFeedError, asyncio.CancelledError, GeneratorExit):
             raise
@@ -197,7 +228,17 @@ class Database:
             raise error from exc
         finally:
             if conn is not None:
-                self._release_soon(conn)
+                self._release_soon(conn, bulk)
+
+    async def _enter_bulk(self, budget: Budget) -> None:
+        if self._bulk.try_enter():
+            return
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(budget.queue_seconds()):
+                await self._bulk.enter()
+        finally:
+            self.waiting -= 1
 
     async def _acquire_waiting(self, entered: bool, timeout: float) -> PoolConnectionProxy:
         self.waiting += 1
@@ -214,7 +255,7 @@ class Database:
         finally:
             self.waiting -= 1
 
-    def _release_soon(self, conn: PoolConnectionProxy) -> None:
+    def _release_soon(self, conn: PoolConnectionProxy, bulk: bool) -> None:
         # The pool rolls back an open transaction and waits out a cancelled
         # query before the connection is lent again; the task is kept so it
         # is not collected midway, and `Pool.close` waits for it. Untraced:
@@ -223,7 +264,11 @@ class Database:
             self.pool.release(conn), context=self._untraced.copy()
         )
         self._releasing.add(task)
-        task.add_done_callback(self._released)
+        task.add_done_callback(self._released_bulk if bulk else self._released)
+
+    def _released_bulk(self, task: asyncio.Task[None]) -> None:
+        self._released(task)
+        self._bulk.exit()
 
     def _released(self, task: asyncio.Task[None]) -> None:
         self._releasing.discard(task)

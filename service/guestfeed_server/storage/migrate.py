@@ -35,6 +35,11 @@ PRODUCTION_TABLES = (
 _LOCK_KEY = 0x6775_6573_7466_6564  # "guestfed"
 _LOCK_POLL_S = 0.1
 
+# What pg_stat_activity shows for the session while migrate runs: an operator
+# looking for whoever holds (or waits for) the migration lock, or builds an
+# index, sees migrate rather than a replica's pool ("guestfeed").
+APPLICATION_NAME = "guestfeed-migrate"
+
 
 class MigrationError(RuntimeError):
     """The database is in a state migrate will not touch; the message says why."""
@@ -136,6 +141,22 @@ ALTER TABLE guestfeed.rollout_config
     ADD COLUMN IF NOT EXISTS guard jsonb NOT NULL DEFAULT '{}';
 """,
     ),
+    (
+        "0010",
+        "the read replicas' heartbeat",
+        """
+-- One row. With read replicas configured, one replica of the service writes
+-- the primary's clock here about every 500 ms, and every replica of the
+-- service reads it back on each read replica to bound that replica's lag
+-- (storage/heartbeat.py). Without replicas nobody writes it.
+CREATE TABLE IF NOT EXISTS guestfeed.heartbeat (
+    id      smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    beat_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    writer  text NOT NULL DEFAULT 'guestfeed migrate'
+);
+INSERT INTO guestfeed.heartbeat (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
+""",
+    ),
 )
 
 
@@ -170,6 +191,10 @@ async def migrate(conn: Conn) -> list[str]:
         MigrationError: only some production tables exist (not ours to fix).
     """
     applied: list[str] = []
+    # Named before taking the lock, so a migrator waiting for it is named too;
+    # the caller's name comes back at the end (tests migrate on their own sessions).
+    previous = await conn.fetchval("SELECT current_setting('application_name')")
+    await conn.execute("SELECT set_config('application_name', $1, false)", APPLICATION_NAME)
     await _lock(conn)
     try:
         await conn.execute(OWN_SCHEMA_SQL)
@@ -205,7 +230,11 @@ async def migrate(conn: Conn) -> list[str]:
                     await conn.execute(store.function_ddl())
                 applied.append(f"function {store.function_name()}")
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        await conn.execute(
+            "SELECT pg_advisory_unlock($1), set_config('application_name', $2, false)",
+            _LOCK_KEY,
+            previous,
+        )
     return applied
 
 

@@ -1,8 +1,19 @@
 """The service's metric instruments (OpenTelemetry metrics SDK).
 
-Names follow the OpenTelemetry semantic conventions for RPC as of v1.26.0
-(`rpc.server.duration`, milliseconds; `rpc.system`, `rpc.service`,
-`rpc.method`, `rpc.grpc.status_code`); the rest live under `guestfeed.`.
+RPC durations follow the OpenTelemetry semantic conventions for RPC as the
+installed opentelemetry-semantic-conventions (0.66b1) defines them, in
+`opentelemetry.semconv._incubating.metrics.rpc_metrics` and
+`..attributes.rpc_attributes`: `rpc.server.call.duration`, a histogram in
+seconds, with `rpc.system.name`, the fully-qualified `rpc.method`
+(`package.Service/Method`; `rpc.service` is deprecated), the status code's
+name in `rpc.response.status_code` (`rpc.grpc.status_code` is deprecated) and
+`error.type` when the call failed.
+
+`rpc.server.duration` (milliseconds; `rpc.system`, `rpc.service`,
+`rpc.method`, `rpc.grpc.status_code`: semantic conventions v1.26.0) is still
+recorded beside it, deprecated, for one release, so dashboards and the soak
+tooling that read it keep working while they move. The rest live under
+`guestfeed.`.
 """
 
 from __future__ import annotations
@@ -10,11 +21,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import grpc
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from .record import RpcRecord
 
-# Prometheus-friendly buckets for a service whose pages take about a millisecond.
+# The bucket boundaries the semantic conventions give for rpc.server.call.duration,
+# as an advisory on the instrument: every reader (OTLP, Prometheus, the tests'
+# in-memory one) uses them without a View on each MeterProvider.
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+# The deprecated millisecond histogram keeps its buckets, so its series do not change.
 DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -25,8 +41,15 @@ class GaugeSources:
     pool_in_use: Callable[[], int] = lambda: 0
     pool_idle: Callable[[], int] = lambda: 0
     pool_waiting: Callable[[], int] = lambda: 0
+    streams_active: Callable[[], int] = lambda: 0
+    # asyncio tasks alive in the server's loop (a leak shows as growth).
+    tasks: Callable[[], int] = lambda: 0
     # name -> value, refreshed by the SMS health job; empty until its first run.
     sms: dict[str, float] = field(default_factory=dict)
+    # WatchMessages calls registered with the hub, and how far its horizon
+    # lags its statement time (seconds; None before the first horizon).
+    watchers: Callable[[], int] = lambda: 0
+    horizon_lag: Callable[[], float | None] = lambda: None
 
 
 class Metrics:
@@ -34,10 +57,17 @@ class Metrics:
 
     def __init__(self, meter: Meter, sources: GaugeSources) -> None:
         self.sources = sources
+        self.rpc_call_duration = meter.create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Measures the duration of an incoming Remote Procedure Call (RPC).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
         self.rpc_duration = meter.create_histogram(
             "rpc.server.duration",
             unit="ms",
-            description="Duration of inbound RPCs, by method and status",
+            description="Deprecated, use rpc.server.call.duration (seconds): duration of "
+            "inbound RPCs, by method and status",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS,
         )
         self.messages_served = meter.create_counter(
@@ -55,6 +85,48 @@ class Metrics:
             unit="{read}",
             description="Shadow reads of V2 beside V1 first pages, by result "
             "(match, v1_only, v2_only, dropped, error)",
+        )
+        self.streams_refused = meter.create_counter(
+            "guestfeed.streams.refused",
+            unit="{stream}",
+            description="StreamMessages calls refused at a per-caller limit, by limit "
+            "(caller, caller_event)",
+        )
+        meter.create_observable_up_down_counter(
+            "guestfeed.streams.active",
+            callbacks=[lambda _: [Observation(self.sources.streams_active())]],
+            unit="{stream}",
+            description="StreamMessages calls open now",
+        )
+        self.watch_delivered = meter.create_counter(
+            "guestfeed.watch.delivered",
+            unit="{message}",
+            description="Messages sent by WatchMessages, by read model",
+        )
+        self.watch_queries = meter.create_counter(
+            "guestfeed.watch.queries",
+            unit="{query}",
+            description="Statements run for live updates, by kind (horizon, changes: the hub's "
+            "per tick; access: once a second; catch_up: once per watch start or resume)",
+        )
+        meter.create_observable_gauge(
+            "guestfeed.watch.watchers",
+            callbacks=[lambda _: [Observation(self.sources.watchers())]],
+            unit="{watcher}",
+            description="WatchMessages calls open now",
+        )
+        meter.create_observable_gauge(
+            "guestfeed.watch.horizon_lag",
+            callbacks=[self._horizon_lag],
+            unit="s",
+            description="How far the live-update horizon is behind now: the tick, the margin, "
+            "and the oldest open transaction in the database (or the safe mode's lag)",
+        )
+        meter.create_observable_up_down_counter(
+            "guestfeed.process.tasks",
+            callbacks=[lambda _: [Observation(self.sources.tasks())]],
+            unit="{task}",
+            description="asyncio tasks alive in the server's event loop",
         )
         meter.create_observable_up_down_counter(
             "guestfeed.db.pool.connections",
@@ -83,16 +155,34 @@ class Metrics:
         )
 
     def record_rpc(
-        self, service: str, method: str, code: int, duration_ms: float, record: RpcRecord
+        self,
+        service: str,
+        method: str,
+        status: grpc.StatusCode,
+        seconds: float,
+        record: RpcRecord,
+        *,
+        failed: bool,
     ) -> None:
-        """Records one finished RPC."""
+        """Records one finished RPC; `failed` when the server, not the caller, is at fault."""
+        attributes: dict[str, str] = {
+            "rpc.system.name": "grpc",
+            "rpc.method": f"{service}/{method}",
+            "rpc.response.status_code": status.name,
+        }
+        if failed:
+            # Only failures carry error.type; for a gRPC server those are the
+            # codes the conventions list (UNKNOWN, DEADLINE_EXCEEDED, ...), not
+            # a caller's mistake such as INVALID_ARGUMENT.
+            attributes["error.type"] = status.name
+        self.rpc_call_duration.record(seconds, attributes)
         self.rpc_duration.record(
-            duration_ms,
+            seconds * 1000,
             {
                 "rpc.system": "grpc",
                 "rpc.service": service,
                 "rpc.method": method,
-                "rpc.grpc.status_code": code,
+                "rpc.grpc.status_code": status.value[0],
             },
         )
         for (mtype, source), n in record.by_kind.items():
@@ -108,6 +198,11 @@ class Metrics:
             self.rollout_decisions.add(
                 1, {"guestfeed.read_model": model, "guestfeed.rollout.reason": reason}
             )
+
+    def _horizon_lag(self, options: CallbackOptions) -> Iterable[Observation]:
+        lag = self.sources.horizon_lag()
+        if lag is not None:
+            yield Observation(lag)
 
     def _pool(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.sources.pool_in_use(), {"state": "in_use"})
