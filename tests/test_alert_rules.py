@@ -53,4 +53,14 @@ class TestAlertRules:
             "SmsVolumeDropped",
         ):
             assert f"alert: {name}" in text
-        assert "> 0.01" in text and "> 1000" in text and "< 0.90" in text and "0.9 *" in text
+        # The plan's 1000 ms, in the seconds rpc.server.call.duration is recorded in.
+        assert "guestfeed:feed_duration_seconds:avg5m > 1\n" in text
+        assert "> 0.01" in text and "< 0.90" in text and "0.9 *" in text
+
+    def test_rules_read_the_stable_rpc_metric_only(self) -> None:
+        """RPC rules use rpc.server.call.duration, never the deprecated millisecond histogram."""
+        lines = (RULES / "alerts.yml").read_text().splitlines()
+        text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+        assert "rpc_server_call_duration_seconds_count" in text
+        assert "rpc_server_duration_milliseconds" not in text
+        assert "rpc_grpc_status_code" not in text and "rpc_service=" not in text

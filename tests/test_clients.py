@@ -71,11 +71,13 @@ class TestSyncClientOnTestingChannel:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field="event_id", description="must be a UUID"
+                    field="event_id", description="must be a UUID", reason="INVALID_UUID"
                 )
             ]
         )
-        info = error_details_pb2.ErrorInfo(reason="INVALID_UUID", domain="guestfeed.v1")
+        info = error_details_pb2.ErrorInfo(
+            reason="INVALID_UUID", domain="guestfeed.v1", metadata={"field": "event_id"}
+        )
         status = status_pb2.Status(
             code=code_pb2.INVALID_ARGUMENT, message="event_id: must be a UUID"
         )
@@ -88,14 +90,21 @@ class TestSyncClientOnTestingChannel:
         err = raised[0]
         assert isinstance(err, RPCError)
         assert err.code is grpc.StatusCode.INVALID_ARGUMENT
-        assert err.reason == "INVALID_UUID"
+        assert err.message == "event_id: must be a UUID"
+        assert (err.reason, err.domain, err.metadata) == (
+            "INVALID_UUID",
+            "guestfeed.v1",
+            {"field": "event_id"},
+        )
         assert err.field_violations == {"event_id": "must be a UUID"}
+        assert err.violation_reasons == {"event_id": "INVALID_UUID"}
+        assert err.attempts == 1
 
 
 class TestAsyncClientOnRealServer:
     async def test_iter_messages_yields_the_whole_feed(self, client: Client, world: World) -> None:
-        """iter_messages streams every message of the feed in order (a service caller
-        may name the read model)."""
+        """iter_messages(stream=True) streams every message of the feed in order (a
+        service caller may name the read model)."""
         event = await world.event()
         user, _ = await world.member(event)
         for _ in range(7):
@@ -104,7 +113,7 @@ class TestAsyncClientOnRealServer:
         got = [
             m.message_id
             async for m in gf.iter_messages(
-                str(event), page_size=3, read_model=feed_pb2.READ_MODEL_V2
+                str(event), page_size=3, read_model=feed_pb2.READ_MODEL_V2, stream=True
             )
         ]
         assert got == [str(e.message_id) for e in feed(world, event, user, "v2")]

@@ -1,29 +1,28 @@
-"""The service's metrics in the SDK, on a Prometheus scrape endpoint, and from the environment."""
+"""The service's metrics in the SDK, and telemetry from the environment (scrape endpoint:
+test_telemetry_prometheus.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-import socket
 import time
-import urllib.request
 from typing import Any
 
 import grpc
 import pytest
 
-from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2
+from guestfeed.v1 import feed_pb2, rollout_pb2
 from guestfeed_server.settings import ConfigError
 from guestfeed_server.telemetry import Telemetry
+from guestfeed_server.telemetry.exporters import otlp_metric_exporter, otlp_span_exporter
+from guestfeed_server.telemetry.metrics import DURATION_BUCKETS_S
 
-from . import conftest
 from .conftest import Client
 from .telemetry_helpers import (
     FEED,
     MODEL_NAMES,
     ROLLOUT,
-    ROOT,
     Feed,
+    RaisingPolicy,
     Traced,
     _stream_all,
     list_req,
@@ -34,36 +33,8 @@ from .telemetry_helpers import (
 )
 from .tracing import Tracing
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _alert_metric_names(text: str) -> tuple[set[str], set[str]]:
-    """(metric names, recording rules used) in the `expr:` blocks of a rules file."""
-    exprs, block = [], None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("expr:"):
-            block = [stripped.removeprefix("expr:").strip(" |")]
-            exprs.append(block)
-            indent = len(line) - len(line.lstrip())
-        elif block is not None and stripped and len(line) - len(line.lstrip()) > indent:
-            block.append(stripped)
-        else:
-            block = None
-    promql = {"sum", "rate", "max", "min", "avg", "and", "or", "unless", "by", "without"}
-    names: set[str] = set()
-    rules: set[str] = set()
-    for expr in exprs:
-        body = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", " ", " ".join(expr))
-        for name in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", body):
-            if name in promql:
-                continue
-            (rules if ":" in name else names).add(name)
-    return names, rules
+# rpc.grpc.status_code (a number) -> the code's name, as rpc.response.status_code has it.
+_STATUS_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 class TestMetrics:
@@ -96,24 +67,36 @@ class TestMetrics:
 
         # An aborted call's status reaches the caller before the server records it.
         deadline = time.monotonic() + 5
-        while sum(p.count for _, p in points(traced.reader, "rpc.server.duration")) < 7:
+        while sum(p.count for _, p in points(traced.reader, "rpc.server.call.duration")) < 7:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         durations = {
-            (a["rpc.method"], a["rpc.grpc.status_code"]): p
-            for a, p in points(traced.reader, "rpc.server.duration")
+            (a["rpc.method"], a["rpc.response.status_code"]): p
+            for a, p in points(traced.reader, "rpc.server.call.duration")
         }
         assert {k: p.count for k, p in durations.items()} == {
-            ("GetReadModel", 0): 1,
-            ("ListMessages", 0): 3,
-            ("ListMessages", 3): 1,
-            ("ListMessages", 16): 1,
-            ("StreamMessages", 0): 1,
+            (f"{ROLLOUT}/GetReadModel", "OK"): 1,
+            (f"{FEED}/ListMessages", "OK"): 3,
+            (f"{FEED}/ListMessages", "INVALID_ARGUMENT"): 1,
+            (f"{FEED}/ListMessages", "UNAUTHENTICATED"): 1,
+            (f"{FEED}/StreamMessages", "OK"): 1,
         }
-        for a, p in points(traced.reader, "rpc.server.duration"):
-            assert a["rpc.system"] == "grpc"
-            assert a["rpc.service"] == (ROLLOUT if a["rpc.method"] == "GetReadModel" else FEED)
+        for a, p in points(traced.reader, "rpc.server.call.duration"):
+            # Caller mistakes are not failures: no error.type.
+            assert set(a) == {"rpc.system.name", "rpc.method", "rpc.response.status_code"}
+            assert a["rpc.system.name"] == "grpc"
             assert p.sum > 0 and sum(p.bucket_counts) == p.count
+            assert tuple(p.explicit_bounds) == DURATION_BUCKETS_S
+        assert metric_units(traced.reader)["rpc.server.call.duration"] == "s"
+
+        # The deprecated millisecond histogram, kept for one release, says the same.
+        old = {
+            (f"{a['rpc.service']}/{a['rpc.method']}", _STATUS_NAMES[a["rpc.grpc.status_code"]]): p
+            for a, p in points(traced.reader, "rpc.server.duration")
+        }
+        assert {k: p.count for k, p in old.items()} == {k: p.count for k, p in durations.items()}
+        for key, p in old.items():
+            assert p.sum == pytest.approx(durations[key].sum * 1000)
         assert metric_units(traced.reader)["rpc.server.duration"] == "ms"
 
         got = {
@@ -128,6 +111,29 @@ class TestMetrics:
         }
         # GetReadModel, the UNSPECIFIED ListMessages and the stream (once, not per page).
         assert decisions == {decided: 3}
+
+    async def test_server_failure_has_error_type(
+        self, admin_dsn: str, tracing: Tracing, mixed: Feed
+    ) -> None:
+        """A server-side failure (INTERNAL) is recorded with error.type = the code's name."""
+        async with traced_server(admin_dsn, tracing, rollout=RaisingPolicy()) as t:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await t.client.feed.ListMessages(
+                    list_req(mixed), metadata=Client.pinning(mixed.user)
+                )
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            deadline = time.monotonic() + 5
+            while not (got := points(t.reader, "rpc.server.call.duration")):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        ((attrs, point),) = got
+        assert attrs == {
+            "rpc.system.name": "grpc",
+            "rpc.method": f"{FEED}/ListMessages",
+            "rpc.response.status_code": "INTERNAL",
+            "error.type": "INTERNAL",
+        }
+        assert point.count == 1
 
     async def test_pool_gauges_report_in_use_idle_and_waiting(
         self, admin_dsn: str, tracing: Tracing, mixed: Feed
@@ -186,58 +192,6 @@ class TestMetrics:
             assert pool_state()[1] == 0
 
 
-class TestPrometheus:
-    async def test_scrape_endpoint_exposes_rpc_feed_and_sms_metrics(
-        self, admin_dsn: str, mixed: Feed
-    ) -> None:
-        """GUESTFEED_PROMETHEUS_PORT serves /metrics with every metric the alert rules use."""
-        port = _free_port()
-        telemetry = Telemetry.from_env(
-            {"GUESTFEED_PROMETHEUS_PORT": str(port), "OTEL_SERVICE_NAME": "guestfeed-prom-test"}
-        )
-        c = await conftest.start_client(
-            admin_dsn, telemetry=telemetry, GUESTFEED_SMS_HEALTH_INTERVAL_S="0.2"
-        )
-        app = c.app
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-                await feed_pb2_grpc.GuestFeedServiceStub(channel).ListMessages(
-                    list_req(mixed), metadata=Client.pinning(mixed.user)
-                )
-
-            def scrape() -> str:
-                url = f"http://127.0.0.1:{port}/metrics"
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    return str(resp.read().decode())
-
-            deadline = time.monotonic() + 5
-            while "guestfeed_sms_deliveries" not in (text := await asyncio.to_thread(scrape)):
-                assert time.monotonic() < deadline, "the SMS gauges never appeared"
-                await asyncio.sleep(0.1)
-        finally:
-            await c.stop()
-            telemetry.shutdown()
-        exposed = set(re.findall(r"^([A-Za-z_:][A-Za-z0-9_:]*)", text, flags=re.MULTILINE))
-        assert "rpc_server_duration_milliseconds_count" in exposed
-        assert "guestfeed_messages_served_total" in exposed
-        count_line = next(
-            line
-            for line in text.splitlines()
-            if line.startswith("rpc_server_duration_milliseconds_count{")
-            and 'rpc_method="ListMessages"' in line
-        )
-        assert 'rpc_grpc_status_code="0"' in count_line and count_line.endswith(" 1.0")
-        alerts = ROOT / "docker" / "prometheus" / "alerts.yml"
-        if not alerts.exists():
-            pytest.skip("docker/prometheus/alerts.yml is not there yet")
-        rules_text = alerts.read_text()
-        names, used_rules = _alert_metric_names(rules_text)
-        assert names, "no metric found in the alert expressions"
-        assert names <= exposed, sorted(names - exposed)
-        recorded = set(re.findall(r"^\s*-\s*record:\s*(\S+)", rules_text, flags=re.MULTILINE))
-        assert used_rules <= recorded
-
-
 class TestFromEnv:
     @pytest.mark.parametrize("var", ["OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"])
     @pytest.mark.parametrize("value", ["bogus", "otlp,jaeger", "zipkin"])
@@ -251,6 +205,42 @@ class TestFromEnv:
         """GUESTFEED_PROMETHEUS_PORT must be a port number 1-65535."""
         with pytest.raises(ConfigError, match="GUESTFEED_PROMETHEUS_PORT"):
             Telemetry.from_env({"GUESTFEED_PROMETHEUS_PORT": port})
+
+    @pytest.mark.parametrize(
+        "var", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
+    )
+    def test_unknown_otlp_protocol_is_config_error(self, var: str) -> None:
+        """Only grpc and http/protobuf are spoken (Python has no http/json exporter)."""
+        with pytest.raises(ConfigError, match=var):
+            Telemetry.from_env({"OTEL_TRACES_EXPORTER": "otlp", var: "http/json"})
+
+    @pytest.mark.parametrize(
+        ("env", "traces", "metrics"),
+        [
+            ({}, "grpc", "grpc"),
+            ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "http", "http"),
+            (
+                {
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+                },
+                "http",
+                "grpc",
+            ),
+            ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, "http", "grpc"),
+        ],
+    )
+    def test_otlp_protocol_picks_the_exporter(
+        self, env: dict[str, str], traces: str, metrics: str
+    ) -> None:
+        """The per-signal protocol wins over the general one; gRPC when neither is set."""
+        span_exporter, metric_exporter = otlp_span_exporter(env), otlp_metric_exporter(env)
+        try:
+            assert f".proto.{traces}." in type(span_exporter).__module__
+            assert f".proto.{metrics}." in type(metric_exporter).__module__
+        finally:
+            span_exporter.shutdown()
+            metric_exporter.shutdown()
 
     def test_trace_health_is_off_by_default(self) -> None:
         """Without GUESTFEED_TRACE_HEALTH health and reflection stay untraced."""

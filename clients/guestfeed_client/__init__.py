@@ -2,6 +2,16 @@
 
 from .aio import GuestFeedClient
 from .errors import RPCError
+from .policy import NO_RETRY, RETRYABLE, AsyncTokenSource, RetryPolicy, TokenSource
 from .sync import GuestFeedSyncClient
 
-__all__ = ["GuestFeedClient", "GuestFeedSyncClient", "RPCError"]
+__all__ = [
+    "NO_RETRY",
+    "RETRYABLE",
+    "AsyncTokenSource",
+    "GuestFeedClient",
+    "GuestFeedSyncClient",
+    "RPCError",
+    "RetryPolicy",
+    "TokenSource",
+]

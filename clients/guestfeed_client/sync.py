@@ -2,26 +2,95 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import random
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import TypeVar
 
 import grpc
 
-from guestfeed.v1 import feed_pb2, feed_pb2_grpc
+from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
-from .aio import TokenSource, bearer_metadata
 from .errors import RPCError
+from .policy import (
+    DEFAULT_RETRY,
+    NO_RETRY,
+    Attempts,
+    Metadata,
+    Resume,
+    RetryPolicy,
+    TokenSource,
+    bearer_metadata,
+    page_timeout,
+)
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
 
 
 class GuestFeedSyncClient:
-    """The blocking twin of `GuestFeedClient` for the feed RPCs."""
+    """The blocking twin of `GuestFeedClient`: the same methods, retries and errors.
 
-    def __init__(self, channel: grpc.Channel, token: TokenSource, *, timeout: float = 10.0) -> None:
+    Args:
+        channel: an open `grpc.Channel` (the caller owns it).
+        token: a JWT, or a function returning the current one; it is called
+            for every attempt, so rotated tokens are picked up.
+        timeout: the default deadline of a unary call in seconds, its retries
+            included; None for none. Every method's `timeout` overrides it.
+        retry: how reads are retried; `NO_RETRY` turns retries off.
+        sleep, rng, clock: the backoff's pause, its jitter in [0, 1) and the
+            clock deadlines are measured on; tests replace them.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        token: TokenSource,
+        *,
+        timeout: float | None = 10.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._feed = feed_pb2_grpc.GuestFeedServiceStub(channel)
+        self._rollout = rollout_pb2_grpc.RolloutServiceStub(channel)
         self._token = token
         self._timeout = timeout
+        self._retry = retry
+        self._sleep = sleep
+        self._rng = rng
+        self._clock = clock
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
+    def _metadata(self) -> Metadata:
         return bearer_metadata(self._token)
+
+    def _attempts(self, policy: RetryPolicy, timeout: float | None) -> Attempts:
+        return Attempts(policy, timeout, clock=self._clock, rng=self._rng)
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout: float | None,
+        *,
+        idempotent: bool = True,
+    ) -> _Resp:
+        attempts = self._attempts(
+            self._retry if idempotent else NO_RETRY,
+            self._timeout if timeout is None else timeout,
+        )
+        while True:
+            attempt_timeout = attempts.start()
+            try:
+                return method(request, metadata=self._metadata(), timeout=attempt_timeout)
+            except grpc.RpcError as exc:
+                err = RPCError.from_call(exc)
+            pause = attempts.pause_after(err)
+            if pause is None:
+                raise err
+            self._sleep(pause)
 
     def list_messages(
         self,
@@ -30,33 +99,176 @@ class GuestFeedSyncClient:
         page_size: int = 0,
         page_token: str = "",
         read_model: feed_pb2.ReadModel = feed_pb2.READ_MODEL_UNSPECIFIED,
+        timeout: float | None = None,
     ) -> feed_pb2.ListMessagesResponse:
         """One page of the caller's feed, newest first."""
         request = feed_pb2.ListMessagesRequest(
             event_id=event_id, page_size=page_size, page_token=page_token, read_model=read_model
         )
-        try:
-            response: feed_pb2.ListMessagesResponse = self._feed.ListMessages(
-                request, metadata=self._metadata(), timeout=self._timeout
-            )
-        except grpc.RpcError as err:
-            raise RPCError.from_call(err) from None
-        return response
+        return self._unary(self._feed.ListMessages, request, timeout)
 
     def iter_pages(
         self,
         event_id: str,
         *,
         page_size: int = 0,
+        page_token: str = "",
         read_model: feed_pb2.ReadModel = feed_pb2.READ_MODEL_UNSPECIFIED,
     ) -> Iterator[feed_pb2.ListMessagesResponse]:
-        """Pages of the feed, following next_page_token to the end."""
-        token = ""
+        """Pages of the feed, following next_page_token to the end (each retried alone)."""
         while True:
             page = self.list_messages(
-                event_id, page_size=page_size, page_token=token, read_model=read_model
+                event_id, page_size=page_size, page_token=page_token, read_model=read_model
             )
             yield page
-            token = page.next_page_token
-            if not token:
+            page_token = page.next_page_token
+            if not page_token:
                 return
+
+    def iter_messages(
+        self,
+        event_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        read_model: feed_pb2.ReadModel = feed_pb2.READ_MODEL_UNSPECIFIED,
+        max_messages: int = 0,
+        stream: bool = False,
+        timeout: float | None = None,
+    ) -> Generator[feed_pb2.GuestMessage]:
+        """Every message of the feed after `page_token`; as `GuestFeedClient.iter_messages`."""
+        resume = Resume(page_token, max_messages)
+        if stream:
+            pages = self._stream_pages(event_id, page_size, read_model, resume, timeout)
+        else:
+            pages = self._list_pages(event_id, page_size, read_model, resume, timeout)
+        # closing: a reader that stops early cancels the stream now, not at GC.
+        with contextlib.closing(pages):
+            for page in pages:
+                yield from page
+
+    def _list_pages(
+        self,
+        event_id: str,
+        page_size: int,
+        read_model: feed_pb2.ReadModel,
+        resume: Resume,
+        timeout: float | None,
+    ) -> Generator[list[feed_pb2.GuestMessage]]:
+        deadline = None if timeout is None else self._clock() + timeout
+        while not resume.finished:
+            page = self.list_messages(
+                event_id,
+                page_size=page_size,
+                page_token=resume.page_token,
+                read_model=read_model,
+                timeout=page_timeout(self._timeout, deadline, self._clock()),
+            )
+            yield list(page.messages[: resume.took(page.next_page_token, len(page.messages))])
+
+    def _stream_pages(
+        self,
+        event_id: str,
+        page_size: int,
+        read_model: feed_pb2.ReadModel,
+        resume: Resume,
+        timeout: float | None,
+    ) -> Generator[list[feed_pb2.GuestMessage]]:
+        attempts = self._attempts(self._retry, timeout)
+        while not resume.finished:
+            request = feed_pb2.StreamMessagesRequest(
+                event_id=event_id,
+                page_size=page_size,
+                page_token=resume.page_token,
+                read_model=read_model,
+                max_messages=resume.max_messages,
+            )
+            call = self._feed.StreamMessages(
+                request, metadata=self._metadata(), timeout=attempts.start()
+            )
+            try:
+                for page in call:
+                    attempts.progress()
+                    yield list(
+                        page.messages[: resume.took(page.next_page_token, len(page.messages))]
+                    )
+                return
+            except grpc.RpcError as exc:
+                err = RPCError.from_call(exc)
+            finally:
+                # Frees the server's stream slot when the reader stops early.
+                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
+            pause = attempts.pause_after(err)
+            if pause is None:
+                raise err
+            self._sleep(pause)
+
+    def get_read_model(
+        self, event_id: str, user_id: str, *, timeout: float | None = None
+    ) -> rollout_pb2.GetReadModelResponse:
+        """Which read model the rollout gives (event, user)."""
+        request = rollout_pb2.GetReadModelRequest(event_id=event_id, user_id=user_id)
+        return self._unary(self._rollout.GetReadModel, request, timeout)
+
+    def get_rollout_config(self, *, timeout: float | None = None) -> rollout_pb2.RolloutConfig:
+        """The stored rollout configuration (service_role only)."""
+        request = rollout_pb2.GetRolloutConfigRequest()
+        return self._unary(self._rollout.GetRolloutConfig, request, timeout).config
+
+    def update_rollout_config(
+        self,
+        config: rollout_pb2.RolloutConfig,
+        *,
+        expected_revision: int,
+        reason: str,
+        timeout: float | None = None,
+    ) -> rollout_pb2.RolloutConfig:
+        """Replaces the config if `expected_revision` is current (else ABORTED).
+
+        Never retried, as `GuestFeedClient.update_rollout_config` explains:
+        after a failure, re-read the config and decide again.
+        """
+        request = rollout_pb2.UpdateRolloutConfigRequest(
+            config=config, expected_revision=expected_revision, reason=reason
+        )
+        method = self._rollout.UpdateRolloutConfig
+        return self._unary(method, request, timeout, idempotent=False).config
+
+    def list_rollout_changes(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> rollout_pb2.ListRolloutChangesResponse:
+        """One page of the rollout audit log, newest first."""
+        request = rollout_pb2.ListRolloutChangesRequest(page_size=page_size, page_token=page_token)
+        return self._unary(self._rollout.ListRolloutChanges, request, timeout)
+
+    def preview_rollout_change(
+        self,
+        config: rollout_pb2.RolloutConfig,
+        *,
+        max_events: int = 0,
+        timeout: float | None = None,
+    ) -> rollout_pb2.PreviewRolloutChangeResponse:
+        """Which guests and events a proposed config would move; changes nothing."""
+        request = rollout_pb2.PreviewRolloutChangeRequest(config=config, max_events=max_events)
+        return self._unary(self._rollout.PreviewRolloutChange, request, timeout)
+
+    def compare_read_models(
+        self, event_id: str, *, user_id: str = "", timeout: float | None = None
+    ) -> Iterator[rollout_pb2.CompareReadModelsResponse]:
+        """V1 against V2 per guest of an event, then a summary; not retried (see the
+        asyncio client). `timeout` bounds the whole stream (default: none)."""
+        request = rollout_pb2.CompareReadModelsRequest(event_id=event_id, user_id=user_id)
+        call = self._rollout.CompareReadModels(request, metadata=self._metadata(), timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise RPCError.from_call(err) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def get_guard_status(
+        self, *, timeout: float | None = None
+    ) -> rollout_pb2.GetGuardStatusResponse:
+        """The answering replica's auto-rollback guard (service_role only)."""
+        request = rollout_pb2.GetGuardStatusRequest()
+        return self._unary(self._rollout.GetGuardStatus, request, timeout)

@@ -1,43 +1,51 @@
 """One SERVER span, one log line and the RPC metrics for every call.
 
 The outermost interceptor: it sees the final status that `grpc_errors` set,
-so spans, logs and metrics agree on it. Callers' W3C `traceparent` metadata
-is continued, so a caller's trace contains our spans (and, below them, the
-asyncpg spans of the queries). Health and reflection are left out unless
-asked for: probes every second would drown the traces that matter.
+so spans, logs and metrics agree on it. A caller's trace context is
+continued, read by the propagators OTEL_PROPAGATORS names (W3C `traceparent`
+and `baggage` by default, B3 on request; telemetry/propagation.py), so a
+caller's trace contains our spans (and, below them, the asyncpg spans of the
+queries), and the caller's baggage is current while the handler runs. Health
+and reflection are left out unless asked for: probes every second would drown
+the traces that matter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ..telemetry import propagation
 from ..telemetry import record as rpc_record
 from ..telemetry.metrics import Metrics
 from .interceptors import BehaviorInterceptor
 from .tls import client_identity
 
 log = logging.getLogger("guestfeed.rpc")
-_PROPAGATOR = TraceContextTextMapPropagator()
 _QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _active(span: trace.Span) -> AbstractContextManager[trace.Span]:
-    """Makes `span` current for the handler. Not use_span's defaults: they would
-    mark caller errors (an abort is an exception) ERROR and record the
-    exception's message, which may quote caller input; `finish` sets both."""
-    return trace.use_span(
-        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-    )
+@contextlib.contextmanager
+def _active(call: _Call) -> Iterator[None]:
+    """Makes the call's context (its span, over the caller's baggage) current
+    for the handler. Not trace.use_span: that puts the span on the current
+    context, without the baggage the caller sent; and its defaults would mark
+    caller errors (an abort is an exception) ERROR and record the exception's
+    message, which may quote caller input. `finish` sets status and error.type."""
+    token = otel_context.attach(call.otel_context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def _split(full_method: str) -> tuple[str, str]:
@@ -57,8 +65,7 @@ class _Call:
     def __init__(self, owner: TelemetryInterceptor, full_method: str, context: Any) -> None:
         self.owner = owner
         self.service, self.method = _split(full_method)
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        parent = _PROPAGATOR.extract(carrier=metadata)
+        parent = propagation.extract(context.invocation_metadata())
         self.span = owner.tracer.start_span(
             f"{self.service}/{self.method}",
             context=parent,
@@ -69,6 +76,7 @@ class _Call:
                 "rpc.method": self.method,
             },
         )
+        self.otel_context = trace.set_span_in_context(self.span, parent)
         self.context = context
         # The calling service, from its verified certificate (mutual TLS only).
         self.client_identity = client_identity(context) if owner.identify_clients else None
@@ -86,7 +94,7 @@ class _Call:
         else:  # pragma: no cover - grpc_errors turns every exception into an abort
             code = grpc.StatusCode.UNKNOWN
         code_value = code.value[0]
-        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        elapsed_s = time.perf_counter() - self.started
         span, rec = self.span, self.record
         by_type, by_source = (
             (dict(rec.by_type), dict(rec.by_source)) if rec.read_model else ({}, {})
@@ -106,18 +114,21 @@ class _Call:
                     **{f"guestfeed.messages.source.{k}": v for k, v in by_source.items()},
                 }
             )
-        if code in self.owner.server_error_codes:
+        failed = code in self.owner.server_error_codes
+        if failed:
             # The type, never the message: messages may quote caller input.
             span.set_status(Status(StatusCode.ERROR, code.name))
             span.set_attribute("error.type", code.name)
         elif code is not grpc.StatusCode.OK:
             span.set_attribute("error.type", code.name)
         span.end()
-        self.owner.metrics.record_rpc(self.service, self.method, code_value, elapsed_ms, rec)
+        self.owner.metrics.record_rpc(
+            self.service, self.method, code, elapsed_s, rec, failed=failed
+        )
         fields: dict[str, Any] = {
             "rpc_method": f"{self.service}/{self.method}",
             "status": code.name,
-            "duration_ms": round(elapsed_ms, 3),
+            "duration_ms": round(elapsed_s * 1000, 3),
         }
         if self.client_identity is not None:
             fields["client_identity"] = self.client_identity
@@ -182,7 +193,7 @@ class TelemetryInterceptor(BehaviorInterceptor):
             call = _Call(self, method, context)
             exc: BaseException | None = None
             try:
-                with _active(call.span):
+                with _active(call):
                     return await behavior(request, context)
             except BaseException as e:
                 exc = e
@@ -207,7 +218,7 @@ class TelemetryInterceptor(BehaviorInterceptor):
                     # and a context attached before a yield and detached
                     # after it would be detached in another Context
                     # ("Failed to detach context", one traceback per cancel).
-                    with _active(call.span):
+                    with _active(call):
                         try:
                             item = await anext(responses)
                         except StopAsyncIteration:
@@ -218,7 +229,7 @@ class TelemetryInterceptor(BehaviorInterceptor):
                 raise
             finally:
                 try:
-                    with _active(call.span):
+                    with _active(call):
                         await responses.aclose()
                 finally:
                     call.finish(exc)

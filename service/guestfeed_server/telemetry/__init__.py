@@ -2,9 +2,11 @@
 
 `Telemetry.from_settings()` builds what `TelemetrySettings` (read in
 settings.py) asks for: exporters named by OTEL_TRACES_EXPORTER and
-OTEL_METRICS_EXPORTER, a Prometheus endpoint, whether health is traced. The
-exporters' own variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_RESOURCE_ATTRIBUTES,
-OTEL_TRACES_SAMPLER, ...) are read by the SDK itself.
+OTEL_METRICS_EXPORTER (OTLP over gRPC or, with OTEL_EXPORTER_OTLP_PROTOCOL=
+http/protobuf, HTTP: exporters.py), a Prometheus endpoint, whether health is
+traced. The exporters' own variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, ...) are read by the SDK itself,
+and OTEL_PROPAGATORS by the API (propagation.py).
 
 Tests build a `Telemetry` on their own providers (in-memory exporter and
 reader) instead: nothing here touches the global providers unless asked.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +35,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from ..settings import TelemetrySettings
+from .exporters import otlp_metric_exporter, otlp_protocol, otlp_span_exporter
 from .metrics import GaugeSources, Metrics
+from .propagation import check_propagators
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +85,30 @@ class Telemetry:
         """Providers and exporters as the OTEL_* and GUESTFEED_* variables say.
 
         Raises:
-            ConfigError: an exporter name or port is not understood.
+            ConfigError: an exporter name, OTLP protocol, propagator or port is
+                not understood.
         """
-        return cls.from_settings(TelemetrySettings.from_env(env))
+        return cls.from_settings(TelemetrySettings.from_env(env), env)
 
     @classmethod
-    def from_settings(cls, settings: TelemetrySettings) -> Telemetry:
+    def from_settings(
+        cls, settings: TelemetrySettings, env: Mapping[str, str] | None = None
+    ) -> Telemetry:
         """Providers and exporters as the settings say (a Prometheus endpoint is
-        started here and stopped by `shutdown`)."""
+        started here and stopped by `shutdown`). `env` (default: the process
+        environment) chooses the OTLP protocol.
+
+        Raises:
+            ConfigError: OTEL_EXPORTER_OTLP_*PROTOCOL or OTEL_PROPAGATORS is not understood.
+        """
+        env = os.environ if env is None else env
+        # Every check before anything is started: a bad value must not leave
+        # an exporter thread or a scrape port behind.
+        check_propagators()
+        if "otlp" in settings.traces:
+            otlp_protocol(env, "traces")
+        if "otlp" in settings.metrics:
+            otlp_protocol(env, "metrics")
         resource = Resource.create({"service.name": settings.service_name})
         # With nowhere to send spans, record none (ALWAYS_OFF): span and trace
         # ids still flow from callers into the logs, at almost no cost per RPC.
@@ -98,21 +119,13 @@ class Telemetry:
             if name == "console":
                 tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
             else:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                    OTLPSpanExporter,
-                )
-
-                tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+                tracer_provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter(env)))
         readers: list[MetricReader] = []
         for name in settings.metrics:
             if name == "console":
                 readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
             else:
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                    OTLPMetricExporter,
-                )
-
-                readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+                readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(env)))
         scrape: Any = None
         if settings.prometheus_port is not None:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
