@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17guestfeed/v1/feed.proto\x12\x0cguestfeed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\x0cGuestMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65livery_status\x18\x04 \x01(\t\x12\x13\n\x0bsender_name\x18\x05 \x01(\t\x12\x19\n\x11sender_avatar_url\x18\x06 \x01(\t\x12/\n\x0cmessage_type\x18\x07 \x01(\x0e\x32\x19.guestfeed.v1.MessageType\x12\x16\n\x0eis_own_message\x18\x08 \x01(\x08\x12\x1a\n\x12is_delivery_backed\x18\t \x01(\x08\"{\n\x13ListMessagesRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12+\n\nread_model\x18\x04 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\"\x8a\x01\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.guestfeed.v1.GuestMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12+\n\nread_model\x18\x03 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\"\x93\x01\n\x15StreamMessagesRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12+\n\nread_model\x18\x04 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\"\x8c\x01\n\x16StreamMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.guestfeed.v1.GuestMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12+\n\nread_model\x18\x03 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel*M\n\tReadModel\x12\x1a\n\x16READ_MODEL_UNSPECIFIED\x10\x00\x12\x11\n\rREAD_MODEL_V1\x10\x01\x12\x11\n\rREAD_MODEL_V2\x10\x02*}\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_TYPE_DIRECT\x10\x01\x12\x1d\n\x19MESSAGE_TYPE_ANNOUNCEMENT\x10\x02\x12\x18\n\x14MESSAGE_TYPE_CHANNEL\x10\x03\x32\xc8\x01\n\x10GuestFeedService\x12U\n\x0cListMessages\x12!.guestfeed.v1.ListMessagesRequest\x1a\".guestfeed.v1.ListMessagesResponse\x12]\n\x0eStreamMessages\x12#.guestfeed.v1.StreamMessagesRequest\x1a$.guestfeed.v1.StreamMessagesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17guestfeed/v1/feed.proto\x12\x0cguestfeed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\x0cGuestMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65livery_status\x18\x04 \x01(\t\x12\x13\n\x0bsender_name\x18\x05 \x01(\t\x12\x19\n\x11sender_avatar_url\x18\x06 \x01(\t\x12/\n\x0cmessage_type\x18\x07 \x01(\x0e\x32\x19.guestfeed.v1.MessageType\x12\x16\n\x0eis_own_message\x18\x08 \x01(\x08\x12\x1a\n\x12is_delivery_backed\x18\t \x01(\x08\"{\n\x13ListMessagesRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12+\n\nread_model\x18\x04 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\"\x9f\x01\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.guestfeed.v1.GuestMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12+\n\nread_model\x18\x03 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x13\n\x0bwatch_token\x18\x04 \x01(\t\"\x93\x01\n\x15StreamMessagesRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12+\n\nread_model\x18\x04 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x14\n\x0cmax_messages\x18\x05 \x01(\x05\"\xa1\x01\n\x16StreamMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.guestfeed.v1.GuestMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12+\n\nread_model\x18\x03 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x13\n\x0bwatch_token\x18\x04 \x01(\t\"k\n\x14WatchMessagesRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12+\n\nread_model\x18\x02 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel\x12\x14\n\x0cresume_token\x18\x03 \x01(\t\"\x88\x01\n\x15WatchMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.guestfeed.v1.GuestMessage\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12+\n\nread_model\x18\x03 \x01(\x0e\x32\x17.guestfeed.v1.ReadModel*M\n\tReadModel\x12\x1a\n\x16READ_MODEL_UNSPECIFIED\x10\x00\x12\x11\n\rREAD_MODEL_V1\x10\x01\x12\x11\n\rREAD_MODEL_V2\x10\x02*}\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_TYPE_DIRECT\x10\x01\x12\x1d\n\x19MESSAGE_TYPE_ANNOUNCEMENT\x10\x02\x12\x18\n\x14MESSAGE_TYPE_CHANNEL\x10\x03\x32\xa4\x02\n\x10GuestFeedService\x12U\n\x0cListMessages\x12!.guestfeed.v1.ListMessagesRequest\x1a\".guestfeed.v1.ListMessagesResponse\x12]\n\x0eStreamMessages\x12#.guestfeed.v1.StreamMessagesRequest\x1a$.guestfeed.v1.StreamMessagesResponse0\x01\x12Z\n\rWatchMessages\x12\".guestfeed.v1.WatchMessagesRequest\x1a#.guestfeed.v1.WatchMessagesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'guestfeed.v1.feed_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READMODEL']._serialized_start=909
-  _globals['_READMODEL']._serialized_end=986
-  _globals['_MESSAGETYPE']._serialized_start=988
-  _globals['_MESSAGETYPE']._serialized_end=1113
+  _globals['_READMODEL']._serialized_start=1199
+  _globals['_READMODEL']._serialized_end=1276
+  _globals['_MESSAGETYPE']._serialized_start=1278
+  _globals['_MESSAGETYPE']._serialized_end=1403
   _globals['_GUESTMESSAGE']._serialized_start=75
   _globals['_GUESTMESSAGE']._serialized_end=348
   _globals['_LISTMESSAGESREQUEST']._serialized_start=350
   _globals['_LISTMESSAGESREQUEST']._serialized_end=473
   _globals['_LISTMESSAGESRESPONSE']._serialized_start=476
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=614
-  _globals['_STREAMMESSAGESREQUEST']._serialized_start=617
-  _globals['_STREAMMESSAGESREQUEST']._serialized_end=764
-  _globals['_STREAMMESSAGESRESPONSE']._serialized_start=767
-  _globals['_STREAMMESSAGESRESPONSE']._serialized_end=907
-  _globals['_GUESTFEEDSERVICE']._serialized_start=1116
-  _globals['_GUESTFEEDSERVICE']._serialized_end=1316
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=635
+  _globals['_STREAMMESSAGESREQUEST']._serialized_start=638
+  _globals['_STREAMMESSAGESREQUEST']._serialized_end=785
+  _globals['_STREAMMESSAGESRESPONSE']._serialized_start=788
+  _globals['_STREAMMESSAGESRESPONSE']._serialized_end=949
+  _globals['_WATCHMESSAGESREQUEST']._serialized_start=951
+  _globals['_WATCHMESSAGESREQUEST']._serialized_end=1058
+  _globals['_WATCHMESSAGESRESPONSE']._serialized_start=1061
+  _globals['_WATCHMESSAGESRESPONSE']._serialized_end=1197
+  _globals['_GUESTFEEDSERVICE']._serialized_start=1406
+  _globals['_GUESTFEEDSERVICE']._serialized_end=1698
 # @@protoc_insertion_point(module_scope)

@@ -65,14 +65,16 @@ class ListMessagesRequest(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ...) -> None: ...
 
 class ListMessagesResponse(_message.Message):
-    __slots__ = ("messages", "next_page_token", "read_model")
+    __slots__ = ("messages", "next_page_token", "read_model", "watch_token")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     READ_MODEL_FIELD_NUMBER: _ClassVar[int]
+    WATCH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[GuestMessage]
     next_page_token: str
     read_model: ReadModel
-    def __init__(self, messages: _Optional[_Iterable[_Union[GuestMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ...) -> None: ...
+    watch_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[GuestMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ..., watch_token: _Optional[str] = ...) -> None: ...
 
 class StreamMessagesRequest(_message.Message):
     __slots__ = ("event_id", "page_size", "page_token", "read_model", "max_messages")
@@ -89,11 +91,33 @@ class StreamMessagesRequest(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ..., max_messages: _Optional[int] = ...) -> None: ...
 
 class StreamMessagesResponse(_message.Message):
-    __slots__ = ("messages", "next_page_token", "read_model")
+    __slots__ = ("messages", "next_page_token", "read_model", "watch_token")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     READ_MODEL_FIELD_NUMBER: _ClassVar[int]
+    WATCH_TOKEN_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[GuestMessage]
     next_page_token: str
     read_model: ReadModel
-    def __init__(self, messages: _Optional[_Iterable[_Union[GuestMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ...) -> None: ...
+    watch_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[GuestMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ..., watch_token: _Optional[str] = ...) -> None: ...
+
+class WatchMessagesRequest(_message.Message):
+    __slots__ = ("event_id", "read_model", "resume_token")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    read_model: ReadModel
+    resume_token: str
+    def __init__(self, event_id: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class WatchMessagesResponse(_message.Message):
+    __slots__ = ("messages", "resume_token", "read_model")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    READ_MODEL_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[GuestMessage]
+    resume_token: str
+    read_model: ReadModel
+    def __init__(self, messages: _Optional[_Iterable[_Union[GuestMessage, _Mapping]]] = ..., resume_token: _Optional[str] = ..., read_model: _Optional[_Union[ReadModel, str]] = ...) -> None: ...

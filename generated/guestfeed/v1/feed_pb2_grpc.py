@@ -46,6 +46,11 @@ class GuestFeedServiceStub:
                 request_serializer=guestfeed_dot_v1_dot_feed__pb2.StreamMessagesRequest.SerializeToString,
                 response_deserializer=guestfeed_dot_v1_dot_feed__pb2.StreamMessagesResponse.FromString,
                 _registered_method=True)
+        self.WatchMessages = channel.unary_stream(
+                '/guestfeed.v1.GuestFeedService/WatchMessages',
+                request_serializer=guestfeed_dot_v1_dot_feed__pb2.WatchMessagesRequest.SerializeToString,
+                response_deserializer=guestfeed_dot_v1_dot_feed__pb2.WatchMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class GuestFeedServiceServicer:
@@ -65,7 +70,25 @@ class GuestFeedServiceServicer:
         cursor back to the start of history or until `max_messages` have been
         sent. Every response is one page and carries the token that resumes
         after it, so a broken stream can be continued with ListMessages or
-        another StreamMessages call.
+        another StreamMessages call. A caller may hold only a few open streams
+        (per event and in all); one more is RESOURCE_EXHAUSTED with the
+        ErrorInfo reason STREAM_LIMIT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMessages(self, request, context):
+        """WatchMessages streams the messages that become visible in the caller's
+        feed from a position on: from now (an empty `resume_token`), or after
+        the `resume_token` of an earlier response or the `watch_token` of a
+        first page. Each message comes once, in the order it became visible;
+        a response with no messages and a fresh `resume_token` comes at least
+        every 15 seconds. A token too old to catch up from is
+        FAILED_PRECONDITION (ErrorInfo reason WATCH_TOKEN_EXPIRED: reload with
+        ListMessages and watch from its `watch_token`); a caller that reads too
+        slowly is ended with UNAVAILABLE (WATCH_BUFFER_FULL) and resumes from
+        its last token; a guest removed from the event is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +106,11 @@ def add_GuestFeedServiceServicer_to_server(servicer, server):
                     servicer.StreamMessages,
                     request_deserializer=guestfeed_dot_v1_dot_feed__pb2.StreamMessagesRequest.FromString,
                     response_serializer=guestfeed_dot_v1_dot_feed__pb2.StreamMessagesResponse.SerializeToString,
+            ),
+            'WatchMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMessages,
+                    request_deserializer=guestfeed_dot_v1_dot_feed__pb2.WatchMessagesRequest.FromString,
+                    response_serializer=guestfeed_dot_v1_dot_feed__pb2.WatchMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +169,33 @@ class GuestFeedService:
             '/guestfeed.v1.GuestFeedService/StreamMessages',
             guestfeed_dot_v1_dot_feed__pb2.StreamMessagesRequest.SerializeToString,
             guestfeed_dot_v1_dot_feed__pb2.StreamMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/guestfeed.v1.GuestFeedService/WatchMessages',
+            guestfeed_dot_v1_dot_feed__pb2.WatchMessagesRequest.SerializeToString,
+            guestfeed_dot_v1_dot_feed__pb2.WatchMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

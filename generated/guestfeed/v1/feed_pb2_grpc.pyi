@@ -42,7 +42,21 @@ class GuestFeedServiceStub:
     cursor back to the start of history or until `max_messages` have been
     sent. Every response is one page and carries the token that resumes
     after it, so a broken stream can be continued with ListMessages or
-    another StreamMessages call.
+    another StreamMessages call. A caller may hold only a few open streams
+    (per event and in all); one more is RESOURCE_EXHAUSTED with the
+    ErrorInfo reason STREAM_LIMIT.
+    """
+    WatchMessages: _grpc.UnaryStreamMultiCallable[_feed_pb2.WatchMessagesRequest, _feed_pb2.WatchMessagesResponse]
+    """WatchMessages streams the messages that become visible in the caller's
+    feed from a position on: from now (an empty `resume_token`), or after
+    the `resume_token` of an earlier response or the `watch_token` of a
+    first page. Each message comes once, in the order it became visible;
+    a response with no messages and a fresh `resume_token` comes at least
+    every 15 seconds. A token too old to catch up from is
+    FAILED_PRECONDITION (ErrorInfo reason WATCH_TOKEN_EXPIRED: reload with
+    ListMessages and watch from its `watch_token`); a caller that reads too
+    slowly is ended with UNAVAILABLE (WATCH_BUFFER_FULL) and resumes from
+    its last token; a guest removed from the event is PERMISSION_DENIED.
     """
 
 @_typing.type_check_only
@@ -59,7 +73,21 @@ class GuestFeedServiceAsyncStub(GuestFeedServiceStub):
     cursor back to the start of history or until `max_messages` have been
     sent. Every response is one page and carries the token that resumes
     after it, so a broken stream can be continued with ListMessages or
-    another StreamMessages call.
+    another StreamMessages call. A caller may hold only a few open streams
+    (per event and in all); one more is RESOURCE_EXHAUSTED with the
+    ErrorInfo reason STREAM_LIMIT.
+    """
+    WatchMessages: _aio.UnaryStreamMultiCallable[_feed_pb2.WatchMessagesRequest, _feed_pb2.WatchMessagesResponse]  # type: ignore[assignment]
+    """WatchMessages streams the messages that become visible in the caller's
+    feed from a position on: from now (an empty `resume_token`), or after
+    the `resume_token` of an earlier response or the `watch_token` of a
+    first page. Each message comes once, in the order it became visible;
+    a response with no messages and a fresh `resume_token` comes at least
+    every 15 seconds. A token too old to catch up from is
+    FAILED_PRECONDITION (ErrorInfo reason WATCH_TOKEN_EXPIRED: reload with
+    ListMessages and watch from its `watch_token`); a caller that reads too
+    slowly is ended with UNAVAILABLE (WATCH_BUFFER_FULL) and resumes from
+    its last token; a guest removed from the event is PERMISSION_DENIED.
     """
 
 class GuestFeedServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -85,7 +113,27 @@ class GuestFeedServiceServicer(metaclass=_abc_1.ABCMeta):
         cursor back to the start of history or until `max_messages` have been
         sent. Every response is one page and carries the token that resumes
         after it, so a broken stream can be continued with ListMessages or
-        another StreamMessages call.
+        another StreamMessages call. A caller may hold only a few open streams
+        (per event and in all); one more is RESOURCE_EXHAUSTED with the
+        ErrorInfo reason STREAM_LIMIT.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMessages(
+        self,
+        request: _feed_pb2.WatchMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_feed_pb2.WatchMessagesResponse], _abc.AsyncIterator[_feed_pb2.WatchMessagesResponse]]:
+        """WatchMessages streams the messages that become visible in the caller's
+        feed from a position on: from now (an empty `resume_token`), or after
+        the `resume_token` of an earlier response or the `watch_token` of a
+        first page. Each message comes once, in the order it became visible;
+        a response with no messages and a fresh `resume_token` comes at least
+        every 15 seconds. A token too old to catch up from is
+        FAILED_PRECONDITION (ErrorInfo reason WATCH_TOKEN_EXPIRED: reload with
+        ListMessages and watch from its `watch_token`); a caller that reads too
+        slowly is ended with UNAVAILABLE (WATCH_BUFFER_FULL) and resumes from
+        its last token; a guest removed from the event is PERMISSION_DENIED.
         """
 
 def add_GuestFeedServiceServicer_to_server(servicer: GuestFeedServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

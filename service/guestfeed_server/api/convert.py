@@ -17,6 +17,7 @@ from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.model import FeedMessage, MessageType, ReadModel
 from ..feed import FeedPage, FeedQuery
 from ..feed.query import coerce_page_size, page_size_violation
+from ..feed.watch import WatchQuery, WatchUpdate
 
 _MODEL_TO_PB = {ReadModel.V1: feed_pb2.READ_MODEL_V1, ReadModel.V2: feed_pb2.READ_MODEL_V2}
 _PB_TO_MODEL = {v: k for k, v in _MODEL_TO_PB.items()}
@@ -123,10 +124,39 @@ def stream_query(request: feed_pb2.StreamMessagesRequest) -> FeedQuery:
     )
 
 
+def watch_query(request: feed_pb2.WatchMessagesRequest) -> WatchQuery:
+    """A validated WatchMessages request; every problem is reported at once."""
+    violations: list[FieldViolation] = []
+    event = uuid_field(request.event_id, "event_id", violations)
+    if len(request.resume_token) > _MAX_TOKEN_CHARS:
+        violations.append(
+            FieldViolation(
+                "resume_token",
+                "is longer than any token this service issues; pass resume_token unchanged",
+                "WATCH_TOKEN_MALFORMED",
+            )
+        )
+    model = read_model_field(request.read_model, violations)
+    if violations or event is None:
+        raise InvalidArgument.of(*violations)
+    return WatchQuery(event, model, request.resume_token)
+
+
+def watch_response(update: WatchUpdate) -> feed_pb2.WatchMessagesResponse:
+    """An update as WatchMessages streams it."""
+    response = feed_pb2.WatchMessagesResponse(
+        resume_token=update.resume_token, read_model=read_model_pb(update.read_model)
+    )
+    add_messages(response.messages, update.messages)
+    return response
+
+
 def list_response(page: FeedPage) -> feed_pb2.ListMessagesResponse:
     """A page as ListMessages answers it."""
     response = feed_pb2.ListMessagesResponse(
-        next_page_token=page.next_page_token, read_model=read_model_pb(page.read_model)
+        next_page_token=page.next_page_token,
+        read_model=read_model_pb(page.read_model),
+        watch_token=page.watch_token,
     )
     add_messages(response.messages, page.messages)
     return response
@@ -135,7 +165,9 @@ def list_response(page: FeedPage) -> feed_pb2.ListMessagesResponse:
 def stream_response(page: FeedPage) -> feed_pb2.StreamMessagesResponse:
     """A page as StreamMessages streams it."""
     response = feed_pb2.StreamMessagesResponse(
-        next_page_token=page.next_page_token, read_model=read_model_pb(page.read_model)
+        next_page_token=page.next_page_token,
+        read_model=read_model_pb(page.read_model),
+        watch_token=page.watch_token,
     )
     add_messages(response.messages, page.messages)
     return response

@@ -1,4 +1,4 @@
-"""GuestFeedService: a guest's feed, one page or a stream of pages."""
+"""GuestFeedService: a guest's feed, one page, a stream of pages, or live updates."""
 
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import grpc
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 
 from ..auth import Authenticator
+from ..domain.errors import Unavailable
 from ..feed import FeedReader
+from ..feed.watch import FeedWatcher
 from . import convert
 
 
 class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
     """Each RPC: authenticate, validate, read, map. Errors map in api/errors.py."""
 
-    def __init__(self, auth: Authenticator, reader: FeedReader) -> None:
+    def __init__(
+        self, auth: Authenticator, reader: FeedReader, watcher: FeedWatcher | None = None
+    ) -> None:
         self._auth = auth
         self._reader = reader
+        self._watcher = watcher
 
     async def ListMessages(  # noqa: N802 (gRPC method name)
         self, request: feed_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -38,3 +43,14 @@ class GuestFeedServicer(feed_pb2_grpc.GuestFeedServiceServicer):
         query = convert.stream_query(request)
         async for page in self._reader.stream(who, query, time_remaining=context.time_remaining):
             yield convert.stream_response(page)
+
+    async def WatchMessages(  # noqa: N802 (gRPC method name)
+        self, request: feed_pb2.WatchMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[feed_pb2.WatchMessagesResponse]:
+        """The messages that become visible, from a position on, until the caller leaves."""
+        who = convert.principal(self._auth, context)
+        query = convert.watch_query(request)
+        if self._watcher is None:
+            raise Unavailable("live updates are not served by this replica", "WATCH_DISABLED")
+        async for update in self._watcher.watch(who, query, time_remaining=context.time_remaining):
+            yield convert.watch_response(update)

@@ -24,10 +24,20 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..domain.model import ReadModel
 from ..rollout import Decision, Reason, RolloutPolicy
-from .tokens import PageToken
+
+
+class ModelToken(Protocol):
+    """A token that carries a read model: a page token or a watch token."""
+
+    @property
+    def read_model(self) -> ReadModel:
+        """The read model the token was issued for."""
+        ...
+
 
 # Rollout answers that are rollbacks: they override explicit requests (service
 # callers' too) and page tokens.
@@ -60,7 +70,7 @@ class ModelChoice:
             return self.decision.reason.value
         return self.source.value
 
-    def carries(self, token: PageToken) -> bool:
+    def carries(self, token: ModelToken) -> bool:
         """Whether `token`'s position may continue in this choice's model: its own
         model always; another model only when a rollback moved the pair (a
         caller who names another model than their token's made a mistake)."""
@@ -69,7 +79,7 @@ class ModelChoice:
 
 def choose(
     requested: ReadModel | None,
-    token: PageToken | None,
+    token: ModelToken | None,
     rollout: RolloutPolicy,
     event_id: uuid.UUID,
     user_id: uuid.UUID,

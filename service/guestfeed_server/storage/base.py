@@ -13,7 +13,9 @@ import asyncpg
 from ..domain.budget import Budget
 from ..domain.model import Cursor, FeedMessage, MessageType, ReadModel, Viewer
 from ..settings import PoolMode
+from ..telemetry import untraced
 from .database import Database
+from .horizon import Horizon, HorizonSpec, read_horizon
 
 # The first page starts below every real row. A fixed sentinel (rather than a
 # NULL cursor and `$3 IS NULL OR ...`) keeps one statement whose keyset
@@ -84,10 +86,13 @@ def rows_and_result(delivery_match: str) -> str:
 
 
 class PageRead(NamedTuple):
-    """What one read returns: the caller as a guest (None: not an active one) and the page."""
+    """What one read returns: the caller as a guest (None: not an active one) and the
+    page; and the horizon read just before it, when asked for (a first page's
+    watch_token)."""
 
     viewer: Viewer | None
     messages: list[FeedMessage]
+    horizon: Horizon | None = None
 
 
 class FeedStore(Protocol):
@@ -113,8 +118,11 @@ class FeedStore(Protocol):
         cursor: Cursor | None,
         limit: int,
         budget: Budget,
+        *,
+        horizon: HorizonSpec | None = None,
     ) -> PageRead:
-        """One page and its viewer, within the budget."""
+        """One page and its viewer, within the budget; with `horizon`, the horizon
+        is read first, on the same connection, in a statement of its own."""
         ...
 
 
@@ -188,10 +196,20 @@ $page$"""
         cursor: Cursor | None,
         limit: int,
         budget: Budget,
+        *,
+        horizon: HorizonSpec | None = None,
     ) -> PageRead:
         """See `FeedStore.read`."""
         at = cursor or START
+        mark = None
         async with self._db.acquire(budget) as conn:
+            if horizon is not None:
+                # Before the page's statement, and done before it starts: the
+                # page's snapshot then holds every row keyed below the horizon.
+                # Untraced: a page is one statement in its trace; the horizon is
+                # the live-update hub's bookkeeping (at most about once a second).
+                with untraced():
+                    mark = await read_horizon(conn, horizon, budget.seconds())
             # One statement text for every page and caller: asyncpg prepares
             # it once per connection and keeps it in its statement cache, so
             # a page costs one Bind/Execute round trip, and PostgreSQL settles
@@ -206,7 +224,7 @@ $page$"""
                 timeout=budget.seconds(),
             )
         if not rows:
-            return PageRead(None, [])
+            return PageRead(None, [], mark)
         head = rows[0]
         viewer = Viewer(
             user_id=user_id,
@@ -219,7 +237,7 @@ $page$"""
             to_message(r, viewer, delivery_backed=self.delivery_backed(r))
             for r in itertools.islice(rows, 1, None)
         ]
-        return PageRead(viewer, messages)
+        return PageRead(viewer, messages, mark)
 
 
 # A dict lookup: calling the Enum class per row is measurably slower.
