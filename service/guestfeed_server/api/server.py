@@ -17,6 +17,7 @@ from guestfeed.v1 import feed_pb2, feed_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 
 from ..auth import Authenticator
 from ..feed import FeedReader
+from ..feed.watch import FeedWatcher
 from ..rollout import RolloutPolicy
 from ..rollout.admin import RolloutAdmin
 from ..rollout.compare import ReadModelComparison
@@ -37,6 +38,9 @@ ROLLOUT_HEALTH_NAME = "guestfeed.rollout.config"
 ROLLOUT_NOTIFY_HEALTH_NAME = "guestfeed.rollout.notify"
 # SERVING while the last JWKS fetch succeeded (only with GUESTFEED_JWKS_URL).
 JWKS_HEALTH_NAME = "guestfeed.auth.jwks"
+# SERVING while live updates know every open transaction (exact mode);
+# NOT_SERVING in their safe mode, when the role lacks pg_read_all_stats.
+WATCH_EXACT_HEALTH_NAME = "guestfeed.watch.exact"
 
 SERVICE_NAMES = (
     feed_pb2.DESCRIPTOR.services_by_name["GuestFeedService"].full_name,
@@ -47,6 +51,25 @@ SERVICE_NAMES = (
 def protobuf_backend() -> str:
     """Which protobuf implementation runs: "upb" (C, the default), "cpp" or "python"."""
     return str(api_implementation.Type())
+
+
+def connection_options(
+    max_age_s: float | None, grace_s: float | None = None
+) -> list[tuple[str, int]]:
+    """gRPC core's server options for GUESTFEED_MAX_CONNECTION_AGE_S and _GRACE_S.
+
+    A client keeps one HTTP/2 connection, so behind a Kubernetes Service it
+    stays on the replica it first reached. With a maximum age the server
+    sends GOAWAY once a connection is that old (core adds +-10% jitter), the
+    client reconnects and lands anywhere, new replicas included; calls in
+    flight then get the grace to finish before the connection is closed.
+    """
+    if max_age_s is None:
+        return []
+    options = [("grpc.max_connection_age_ms", round(max_age_s * 1000))]
+    if grace_s is not None:
+        options.append(("grpc.max_connection_age_grace_ms", round(grace_s * 1000)))
+    return options
 
 
 def build_server(
@@ -60,6 +83,10 @@ def build_server(
     health: DatabaseHealth,
     telemetry: Telemetry,
     identify_clients: bool = False,
+    watcher: FeedWatcher | None = None,
+    max_connection_age_s: float | None = None,
+    max_connection_age_grace_s: float | None = None,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """The server with every service registered; not yet bound or started."""
     if protobuf_backend() != "upb":
@@ -77,9 +104,18 @@ def build_server(
                 identify_clients=identify_clients,
             ),
             ErrorMappingInterceptor(),
-        ]
+        ],
+        # gRPC's core sets SO_REUSEPORT unless told not to: then a second server
+        # on a taken port would silently share it. Only GUESTFEED_WORKERS'
+        # workers, which bind one port on purpose, keep it.
+        options=[
+            *connection_options(max_connection_age_s, max_connection_age_grace_s),
+            ("grpc.so_reuseport", int(reuse_port)),
+        ],
     )
-    feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(GuestFeedServicer(auth, reader), server)
+    feed_pb2_grpc.add_GuestFeedServiceServicer_to_server(
+        GuestFeedServicer(auth, reader, watcher), server
+    )
     rollout_pb2_grpc.add_RolloutServiceServicer_to_server(
         RolloutServicer(auth, policy, admin, comparison, guard), server
     )

@@ -1,4 +1,4 @@
-"""The `guestfeed` command: one module per subcommand (serve, migrate, token, rollout).
+"""The `guestfeed` command: one module per subcommand (serve, migrate, token, rollout, health).
 
 Settings are read once, here; each command gets them validated. Expected
 failures end with one line on stderr and an exit code: 2 for settings and
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..settings import ConfigError, Settings, StartupError
 from ..storage.migrate import MigrationError
 from ..telemetry import logs
-from . import migrate, rollout, serve, token
+from . import health, migrate, rollout, serve, token
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guestfeed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, migrate, token, rollout):
+    for command in (serve, migrate, token, rollout, health):
         command.register(sub)
     return parser
 
