@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from guestfeed_server.testing import embedded_server, scratch_database
 
 SECRET = "bench-secret-" + "f" * 40
 PAGE_SIZE = 50
@@ -93,3 +96,18 @@ async def _sample(
         ):
             break
     return samples, rows
+
+
+T = TypeVar("T")
+
+
+async def in_scratch_database(
+    server_dsn: str | None, prefix: str, work: Callable[[str, str], Awaitable[T]]
+) -> T:
+    """`work(name, dsn)` in a scratch database (dropped after) of `server_dsn`'s
+    server, or of a temporary embedded server when there is no DSN."""
+    if server_dsn is None:
+        with embedded_server() as dsn:
+            return await in_scratch_database(dsn, prefix, work)
+    async with scratch_database(server_dsn, prefix) as (name, dsn):
+        return await work(name, dsn)

@@ -31,9 +31,10 @@ import grpc
 
 from guestfeed.v1 import feed_pb2_grpc, rollout_pb2_grpc
 from guestfeed_server.auth import mint
-from guestfeed_server.testing import embedded_server, scratch_database, spawn_server
+from guestfeed_server.testing import spawn_server
 
 from . import dataset
+from .common import in_scratch_database
 from .soak_kinds import DEFAULT_WEIGHTS
 from .soak_load import Guest, Load, run_clients, service_metadata
 from .soak_report import Check, SoakReport, judge, server_statuses, summarize
@@ -95,16 +96,9 @@ class SoakOptions:
 
 async def run(options: SoakOptions, server_dsn: str | None) -> SoakReport:
     """The soak on a scratch database (on a temporary embedded server without DSN)."""
-    if server_dsn is None:
-        with embedded_server() as dsn:
-            return await run_on(options, dsn)
-    return await run_on(options, server_dsn)
-
-
-async def run_on(options: SoakOptions, server_dsn: str) -> SoakReport:
-    """The soak on a scratch database of `server_dsn`'s server."""
-    async with scratch_database(server_dsn, "guestfeed_bench_soak") as (name, dsn):
-        return await run_in(options, name, dsn)
+    return await in_scratch_database(
+        server_dsn, "guestfeed_bench_soak", lambda name, dsn: run_in(options, name, dsn)
+    )
 
 
 async def run_in(options: SoakOptions, database: str, dsn: str) -> SoakReport:

@@ -36,9 +36,10 @@ import asyncpg
 
 from guestfeed_server.auth import mint
 from guestfeed_server.settings import LimitSettings
-from guestfeed_server.testing import embedded_server, scratch_database, spawn_server
+from guestfeed_server.testing import spawn_server
 
 from . import dataset
+from .common import in_scratch_database
 from .report import percentile
 from .streams_clients import (
     Caller,
@@ -147,16 +148,9 @@ class _Context:
 
 async def run(options: StreamsOptions, server_dsn: str | None) -> StreamsReport:
     """The benchmark on a scratch database (on a temporary embedded server without DSN)."""
-    if server_dsn is None:
-        with embedded_server() as dsn:
-            return await run_on(options, dsn)
-    return await run_on(options, server_dsn)
-
-
-async def run_on(options: StreamsOptions, server_dsn: str) -> StreamsReport:
-    """The benchmark on a scratch database of `server_dsn`'s server."""
-    async with scratch_database(server_dsn, "guestfeed_bench_streams") as (name, dsn):
-        return await run_in(options, name, dsn)
+    return await in_scratch_database(
+        server_dsn, "guestfeed_bench_streams", lambda name, dsn: run_in(options, name, dsn)
+    )
 
 
 async def run_in(options: StreamsOptions, database: str, dsn: str) -> StreamsReport:

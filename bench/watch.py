@@ -42,8 +42,9 @@ from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 from guestfeed_server.auth import mint
 from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.storage.migrate import migrate
-from guestfeed_server.testing import embedded_server, scratch_database, spawn_server
+from guestfeed_server.testing import spawn_server
 
+from .common import in_scratch_database
 from .soak_watch import parse_prometheus
 from .streams_clients import gauges, pg_cpu_between
 from .watch_report import Scenario, WatchReport, WatchRun
@@ -88,17 +89,10 @@ def guest_user(e: int, g: int) -> uuid.UUID:
 
 
 async def run(options: WatchOptions, server_dsn: str | None) -> WatchReport:
-    """The benchmark on a scratch database (a temporary embedded server without DSN)."""
-    if server_dsn is None:
-        with embedded_server() as dsn:
-            return await run_on(options, dsn)
-    return await run_on(options, server_dsn)
-
-
-async def run_on(options: WatchOptions, server_dsn: str) -> WatchReport:
-    """The benchmark on a scratch database of `server_dsn`'s server."""
-    async with scratch_database(server_dsn, "guestfeed_bench_watch") as (name, dsn):
-        return await run_in(options, name, dsn)
+    """The benchmark on a scratch database (on a temporary embedded server without DSN)."""
+    return await in_scratch_database(
+        server_dsn, "guestfeed_bench_watch", lambda name, dsn: run_in(options, name, dsn)
+    )
 
 
 async def run_in(options: WatchOptions, database: str, dsn: str) -> WatchReport:

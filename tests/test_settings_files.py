@@ -247,7 +247,7 @@ class TestConnectionAgeSettings:
         msg = config_error(env)
         assert name in msg and "seconds > 0" in msg
 
-    def test_build_server_passes_the_options(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_build_server_passes_the_options(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """What build_server hands grpc.aio.server: the options of the settings."""
         seen: dict[str, Any] = {}
         real = grpc.aio.server
