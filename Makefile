@@ -32,8 +32,18 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/guestfeed serve --demo
 
+# The in-process TLS servers' tests run in a process of their own: once in
+# ten-odd full runs, grpc.aio (1.85) crashed the test process with a
+# segfault during them, after a thousand other tests in the same process;
+# alone (16 runs, 6 of them on a loaded machine) they never did. Every test
+# still runs; `make test PYTEST_ARGS=...` runs just what it names.
 test: $(STAMP)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(BIN)/python -m pytest --ignore=tests/test_tls.py
+	$(BIN)/python -m pytest tests/test_tls.py
+else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+endif
 
 lint: $(STAMP) check-generated typecheck buf-lint breaking
 	$(BIN)/ruff check service clients tests scripts bench

@@ -79,3 +79,10 @@ class StreamLimits:
         counts[key] -= 1
         if counts[key] <= 0:
             del counts[key]  # a counter per caller ever seen would only grow
+
+
+def admitted(
+    limits: StreamLimits | None, caller: str, event_id: uuid.UUID
+) -> contextlib.AbstractContextManager[None]:
+    """`limits.admit(caller, event_id)`, or nothing to hold when streams are unlimited."""
+    return limits.admit(caller, event_id) if limits is not None else contextlib.nullcontext()

@@ -27,7 +27,7 @@ from ..storage import FeedStore
 from ..storage.horizon import Horizon, HorizonSpec
 from ..telemetry import record
 from .choice import ModelChoice, choose
-from .limits import StreamLimits
+from .limits import StreamLimits, admitted
 from .query import FeedQuery
 from .shadow import ShadowReads
 from .tokens import PageTokens, TokenScope
@@ -181,13 +181,7 @@ class FeedReader:
         access, so a guest removed mid-stream is stopped within a batch or
         two. The caller may hold only so many streams (`StreamLimits`).
         """
-        limits = self._limits
-        admitted = (
-            limits.admit(who.actor, query.event_id)
-            if limits is not None
-            else contextlib.nullcontext()
-        )
-        with admitted:
+        with admitted(self._limits, who.actor, query.event_id):
             async for page in self._stream(who, query, time_remaining):
                 yield page
 

@@ -13,7 +13,6 @@ it runs.
 from __future__ import annotations
 
 import collections
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -29,7 +28,7 @@ from ..settings import WatchSettings
 from ..storage.watch import WatchStore
 from ..telemetry import record
 from .choice import choose
-from .limits import StreamLimits
+from .limits import StreamLimits, admitted
 from .reader import Remaining
 from .tokens import TokenScope
 from .watch_fanout import Keyed, caught_up, responses, select
@@ -114,13 +113,7 @@ class FeedWatcher:
             Unavailable: the caller read too slowly (resumable), or the replica stops.
             ResourceExhausted: the caller holds too many streams.
         """
-        limits = self._limits
-        admitted = (
-            limits.admit(who.actor, query.event_id)
-            if limits is not None
-            else contextlib.nullcontext()
-        )
-        with admitted:
+        with admitted(self._limits, who.actor, query.event_id):
             async for update in self._watch(who, query, time_remaining):
                 yield update
 
