@@ -123,7 +123,7 @@ class _Call:
             span.set_attribute("error.type", code.name)
         span.end()
         self.owner.metrics.record_rpc(
-            self.service, self.method, code, elapsed_s, rec, failed=failed
+            self.service, self.method, code.name, code.value[0], elapsed_s, rec, failed=failed
         )
         fields: dict[str, Any] = {
             "rpc_method": f"{self.service}/{self.method}",

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import grpc
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from .record import RpcRecord
@@ -158,23 +157,26 @@ class Metrics:
         self,
         service: str,
         method: str,
-        status: grpc.StatusCode,
+        status: str,
+        code: int,
         seconds: float,
         record: RpcRecord,
         *,
         failed: bool,
     ) -> None:
-        """Records one finished RPC; `failed` when the server, not the caller, is at fault."""
+        """Records one finished RPC: `status` is the gRPC code's name, `code` its number
+        (the edge's to read; nothing below it imports grpc); `failed` when the
+        server, not the caller, is at fault."""
         attributes: dict[str, str] = {
             "rpc.system.name": "grpc",
             "rpc.method": f"{service}/{method}",
-            "rpc.response.status_code": status.name,
+            "rpc.response.status_code": status,
         }
         if failed:
             # Only failures carry error.type; for a gRPC server those are the
             # codes the conventions list (UNKNOWN, DEADLINE_EXCEEDED, ...), not
             # a caller's mistake such as INVALID_ARGUMENT.
-            attributes["error.type"] = status.name
+            attributes["error.type"] = status
         self.rpc_call_duration.record(seconds, attributes)
         self.rpc_duration.record(
             seconds * 1000,
@@ -182,7 +184,7 @@ class Metrics:
                 "rpc.system": "grpc",
                 "rpc.service": service,
                 "rpc.method": method,
-                "rpc.grpc.status_code": status.value[0],
+                "rpc.grpc.status_code": code,
             },
         )
         for (mtype, source), n in record.by_kind.items():
