@@ -213,11 +213,13 @@ async def settle(client: Client, rounds: int = 3) -> None:
     with no watcher (no ticks), until any horizon it hands out is newer than now."""
     hub = client.app.watch
     assert hub is not None
-    if hub.watchers == 0:
-        await asyncio.sleep(FRESH_S + 0.1)
-        return
     target = hub.ticks + rounds
     for _ in range(500):  # 10 s
+        # A watch closed just before may still be leaving: the hub stops
+        # ticking when its last watcher goes, so look again on every round.
+        if hub.watchers == 0:
+            await asyncio.sleep(FRESH_S + 0.1)
+            return
         if hub.ticks >= target:
             return
         await asyncio.sleep(0.02)
