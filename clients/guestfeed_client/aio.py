@@ -182,13 +182,7 @@ class GuestFeedClient:
     ) -> AsyncGenerator[list[feed_pb2.GuestMessage]]:
         attempts = self._attempts(self._retry, timeout)
         while not resume.finished:
-            request = feed_pb2.StreamMessagesRequest(
-                event_id=event_id,
-                page_size=page_size,
-                page_token=resume.page_token,
-                read_model=read_model,
-                max_messages=resume.max_messages,
-            )
+            request = resume.stream_request(event_id, page_size, read_model)
             call = self._feed.StreamMessages(
                 request, metadata=await self._metadata(), timeout=attempts.start()
             )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from guestfeed.v1 import feed_pb2
+
 from .errors import RPCError
 
 TokenSource = str | Callable[[], str]
@@ -138,6 +140,18 @@ class Resume:
         # Paging never sends max_messages, so the server cannot refuse it there.
         if self.max_messages < 0:
             raise ValueError(f"max_messages must be >= 0, got {self.max_messages}")
+
+    def stream_request(
+        self, event_id: str, page_size: int, read_model: feed_pb2.ReadModel
+    ) -> feed_pb2.StreamMessagesRequest:
+        """The StreamMessages call that continues from here (both clients send it)."""
+        return feed_pb2.StreamMessagesRequest(
+            event_id=event_id,
+            page_size=page_size,
+            page_token=self.page_token,
+            read_model=read_model,
+            max_messages=self.max_messages,
+        )
 
     def took(self, next_page_token: str, count: int) -> int:
         """Records a delivered page; returns how many of its messages to yield."""
