@@ -7,6 +7,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import asyncpg
+
+from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.testing import embedded_server, scratch_database
 
 SECRET = "bench-secret-" + "f" * 40
@@ -111,3 +114,16 @@ async def in_scratch_database(
             return await in_scratch_database(dsn, prefix, work)
     async with scratch_database(server_dsn, prefix) as (name, dsn):
         return await work(name, dsn)
+
+
+async def set_rollout(conn: asyncpg.Connection, reason: str, **changes: object) -> None:
+    """Stores `changes` to the rollout config (audited as "bench"). A new database
+    starts with the stored kill switch on, which wins over a named model."""
+    current = await rollout_store.load(conn)
+    await rollout_store.update(
+        conn,
+        current.with_changes(**changes),
+        expected_revision=current.revision,
+        actor="bench",
+        reason=reason,
+    )

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import asyncpg
 
-from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.testing import embedded_server, scratch_database, spawn_server
 
 from . import dataset, peer
@@ -42,6 +41,7 @@ from .common import (
     WHATS,
     FeedOptions,
     _Progress,
+    set_rollout,
 )
 from .machine import _dataset_json, _machine, _options_json
 from .measure_db import (
@@ -112,14 +112,7 @@ async def run_in(options: FeedOptions, dsn: str) -> FeedReport:
         say(f"dataset ready in {data.total_s:.1f}s: {data.counts}")
         # The stored kill switch starts on (v2_enabled false), and it wins over
         # a named model: switch it off so each model is measured by name.
-        current = await rollout_store.load(conn)
-        await rollout_store.update(
-            conn,
-            current.with_changes(v2_enabled=True),
-            expected_revision=current.revision,
-            actor="bench",
-            reason="the feed benchmark reads both models by name",
-        )
+        await set_rollout(conn, "the feed benchmark reads both models by name", v2_enabled=True)
         await peer.install(conn)
         report = FeedReport(
             options=_options_json(options),

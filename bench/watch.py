@@ -40,11 +40,10 @@ import grpc
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 from guestfeed_server.auth import mint
-from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.storage.migrate import migrate
 from guestfeed_server.testing import spawn_server
 
-from .common import in_scratch_database
+from .common import in_scratch_database, set_rollout
 from .soak_watch import parse_prometheus
 from .streams_clients import gauges, pg_cpu_between
 from .watch_report import Scenario, WatchReport, WatchRun
@@ -162,14 +161,7 @@ async def _dataset(conn: asyncpg.Connection) -> None:
     )
     await conn.execute("ANALYZE")
     # Everyone reads V2: announcements show without a delivery per guest.
-    current = await rollout_store.load(conn)
-    await rollout_store.update(
-        conn,
-        current.with_changes(v2_enabled=True, v2_percentage=100),
-        expected_revision=current.revision,
-        actor="bench",
-        reason="the watch benchmark reads V2",
-    )
+    await set_rollout(conn, "the watch benchmark reads V2", v2_enabled=True, v2_percentage=100)
 
 
 def _watchers(scenario: Scenario) -> list[tuple[uuid.UUID, uuid.UUID]]:

@@ -36,11 +36,10 @@ import grpc
 
 from guestfeed.v1 import feed_pb2, feed_pb2_grpc
 from guestfeed_server.auth import mint
-from guestfeed_server.rollout import store as rollout_store
 from guestfeed_server.testing import embedded_server, scratch_database, spawn_server
 
 from . import dataset
-from .common import PAGE_SIZE, SECRET, _Progress
+from .common import PAGE_SIZE, SECRET, _Progress, set_rollout
 from .measure_db import _viewers
 from .measure_grpc import _cpu_seconds
 from .report import percentile
@@ -126,14 +125,7 @@ async def run_in(options: WorkersOptions, database: str, dsn: str) -> WorkersRep
         spec = data.events.get("shape") or max(data.events.values(), key=lambda s: s.messages)
         viewers = await _viewers(conn, spec.event_id, options.viewers)
         # Every guest gets V2 (a guest's own token gets the rollout's model).
-        current = await rollout_store.load(conn)
-        await rollout_store.update(
-            conn,
-            current.with_changes(v2_enabled=True, v2_percentage=100),
-            expected_revision=current.revision,
-            actor="bench workers",
-            reason="measure V2 pages",
-        )
+        await set_rollout(conn, "measure V2 pages", v2_enabled=True, v2_percentage=100)
         pg_version = await conn.fetchval("SHOW server_version")
     finally:
         await conn.close()
